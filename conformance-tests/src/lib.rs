@@ -1,0 +1,1 @@
+//! Conformance harness (work in progress).

@@ -1,0 +1,194 @@
+//! The system-database handle: configuration, the connection pool, schema set-up, and the retry
+//! rule every idempotent operation goes through.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::notifier::Notifier;
+
+/// How to reach and shape the system database.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A `postgres://` URL.
+    pub database_url: String,
+    /// The Postgres schema holding the system tables (one per namespace).
+    pub schema: String,
+    /// Maximum connections of the pool (the LISTEN connection is extra).
+    pub max_connections: u32,
+    /// How often waiters re-check the database when no notification arrives (lost-notification
+    /// fallback). Wake-ups normally travel by LISTEN/NOTIFY.
+    pub fallback_poll_interval: Duration,
+    /// Largest accepted serialized value (inputs, outputs, messages, events), in bytes.
+    pub max_value_bytes: usize,
+    /// How many times an idempotent operation is retried after a transient failure.
+    pub max_retries: u32,
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the URL and schema.
+    pub fn new(database_url: impl Into<String>, schema: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            schema: schema.into(),
+            max_connections: 20,
+            fallback_poll_interval: Duration::from_secs(2),
+            max_value_bytes: 8 * 1024 * 1024,
+            max_retries: 8,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: Config,
+    /// The schema name, quoted, ready to splice into SQL text (validated at connect).
+    pub(crate) qschema: String,
+    pub(crate) notifier: Notifier,
+}
+
+/// A handle on the system database: one per process, cheap to clone.
+#[derive(Clone)]
+pub struct SystemDatabase {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SystemDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemDatabase")
+            .field("schema", &self.inner.config.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SystemDatabase {
+    /// Connects, applies the schema (idempotent, safe when several processes start at once) and
+    /// starts the process's LISTEN connection.
+    pub async fn connect(config: Config) -> Result<Self> {
+        validate_schema_name(&config.schema)?;
+        let options: PgConnectOptions = config
+            .database_url
+            .parse::<PgConnectOptions>()?
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        let qschema = format!("\"{}\"", config.schema);
+        crate::migrate::apply(&pool, &config.schema, &qschema).await?;
+        let notifier = Notifier::start(&pool, &config).await?;
+        debug!(schema = %config.schema, "system database ready");
+        Ok(Self { inner: Arc::new(Inner { pool, config, qschema, notifier }) })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The configuration this handle was opened with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.inner.config.schema
+    }
+
+    /// Replaces `{s}` in a statement template with the quoted schema name.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.inner.qschema)
+    }
+
+    /// Runs an idempotent operation, retrying it with a short backoff after transient failures
+    /// (dropped connection, server restart, serialization failure).
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < self.inner.config.max_retries => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(5u64 << attempt.min(8));
+                    warn!(operation = what, attempt, error = %e, "transient failure, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Checks a serialized value against the size limit.
+    pub(crate) fn check_size(&self, what: &'static str, value: &str) -> Result<()> {
+        let limit = self.inner.config.max_value_bytes;
+        if value.len() > limit {
+            return Err(Error::ValueTooLarge { what, size: value.len(), limit });
+        }
+        Ok(())
+    }
+
+    /// Closes the pool and stops the listener.
+    pub async fn close(&self) {
+        self.inner.notifier.shutdown();
+        self.inner.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the local clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Schema names become part of SQL text and of a NOTIFY channel name, so they are restricted to
+/// lower-case ASCII letters, digits and `_`, starting with a letter or `_`, at most 48 bytes.
+pub fn validate_schema_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidName { what: "schema name", value: truncate(name), reason })
+    };
+    if name.is_empty() || name.len() > 48 {
+        return bad("must be 1 to 48 bytes");
+    }
+    let mut chars = name.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_') {
+        return bad("must start with a lower-case letter or `_`");
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return bad("may hold only lower-case letters, digits and `_`");
+    }
+    Ok(())
+}
+
+/// Checks an identifier-like value stored as data (run id, workflow name, queue, topic, key):
+/// non-empty, at most 1024 bytes, no NUL and no control characters.
+pub(crate) fn validate_text(what: &'static str, value: &str) -> Result<()> {
+    let bad = |reason| Err(Error::InvalidName { what, value: truncate(value), reason });
+    if value.is_empty() {
+        return bad("must not be empty");
+    }
+    if value.len() > 1024 {
+        return bad("must be at most 1024 bytes");
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return bad("must not contain control characters");
+    }
+    Ok(())
+}
+
+fn truncate(value: &str) -> String {
+    value.chars().take(80).collect()
+}

@@ -1,0 +1,1 @@
+//! Samples (work in progress).

@@ -1,0 +1,1 @@
+//! temporal-compat-client (work in progress).

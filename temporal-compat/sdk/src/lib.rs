@@ -1,0 +1,1 @@
+//! temporal-compat (work in progress).
