@@ -37,7 +37,11 @@ pub struct StepWrite {
 impl SystemDatabase {
     /// Appends a checkpoint. A retry of the same write (same position, same content) succeeds;
     /// a different value at the same position is [`crate::Error::CheckpointConflict`].
-    pub async fn append_checkpoint(&self, workflow_id: &str, checkpoint: &Checkpoint) -> Result<()> {
+    pub async fn append_checkpoint(
+        &self,
+        workflow_id: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
         let _ = (workflow_id, checkpoint);
         todo!("append_checkpoint")
     }
@@ -56,7 +60,11 @@ impl SystemDatabase {
     }
 
     /// One checkpoint, if recorded.
-    pub async fn checkpoint(&self, workflow_id: &str, function_id: i32) -> Result<Option<Checkpoint>> {
+    pub async fn checkpoint(
+        &self,
+        workflow_id: &str,
+        function_id: i32,
+    ) -> Result<Option<Checkpoint>> {
         let _ = (workflow_id, function_id);
         todo!("checkpoint")
     }

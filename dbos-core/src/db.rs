@@ -86,7 +86,14 @@ impl SystemDatabase {
         crate::migrate::apply(&pool, &config.schema, &qschema).await?;
         let notifier = Notifier::start(&pool, &config).await?;
         debug!(schema = %config.schema, "system database ready");
-        Ok(Self { inner: Arc::new(Inner { pool, config, qschema, notifier }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                qschema,
+                notifier,
+            }),
+        })
     }
 
     /// The connection pool.
@@ -111,14 +118,15 @@ impl SystemDatabase {
 
     /// Runs an idempotent operation, retrying it with a short backoff after transient failures
     /// (dropped connection, server restart, serialization failure).
-    pub(crate) async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    pub(crate) async fn retry<T, E, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
     where
+        E: Into<Error>,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = std::result::Result<T, E>>,
     {
         let mut attempt = 0u32;
         loop {
-            match op().await {
+            match op().await.map_err(Into::into) {
                 Err(e) if e.is_transient() && attempt < self.inner.config.max_retries => {
                     attempt += 1;
                     let backoff = Duration::from_millis(5u64 << attempt.min(8));
@@ -134,7 +142,11 @@ impl SystemDatabase {
     pub(crate) fn check_size(&self, what: &'static str, value: &str) -> Result<()> {
         let limit = self.inner.config.max_value_bytes;
         if value.len() > limit {
-            return Err(Error::ValueTooLarge { what, size: value.len(), limit });
+            return Err(Error::ValueTooLarge {
+                what,
+                size: value.len(),
+                limit,
+            });
         }
         Ok(())
     }
@@ -158,16 +170,26 @@ pub fn now_ms() -> i64 {
 /// lower-case ASCII letters, digits and `_`, starting with a letter or `_`, at most 48 bytes.
 pub fn validate_schema_name(name: &str) -> Result<()> {
     let bad = |reason| {
-        Err(Error::InvalidName { what: "schema name", value: truncate(name), reason })
+        Err(Error::InvalidName {
+            what: "schema name",
+            value: truncate(name),
+            reason,
+        })
     };
     if name.is_empty() || name.len() > 48 {
         return bad("must be 1 to 48 bytes");
     }
     let mut chars = name.chars();
-    if !chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_') {
+    if !chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    {
         return bad("must start with a lower-case letter or `_`");
     }
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
         return bad("may hold only lower-case letters, digits and `_`");
     }
     Ok(())
@@ -176,7 +198,13 @@ pub fn validate_schema_name(name: &str) -> Result<()> {
 /// Checks an identifier-like value stored as data (run id, workflow name, queue, topic, key):
 /// non-empty, at most 1024 bytes, no NUL and no control characters.
 pub(crate) fn validate_text(what: &'static str, value: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidName { what, value: truncate(value), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what,
+            value: truncate(value),
+            reason,
+        })
+    };
     if value.is_empty() {
         return bad("must not be empty");
     }

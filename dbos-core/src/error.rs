@@ -107,7 +107,10 @@ pub(crate) fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => {
                 code.starts_with("08")
-                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+                    || matches!(
+                        code.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+                    )
             }
             None => false,
         },

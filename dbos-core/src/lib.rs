@@ -41,7 +41,7 @@ pub use executors::{ExecutorHandle, ExecutorOptions};
 pub use management::ListFilter;
 pub use messages::Message;
 pub use migrate::SCHEMA_VERSION;
-pub use notifier::{WakeKey, Waiter};
+pub use notifier::{Waiter, WakeKey};
 pub use queues::{QueueConfig, RateLimit};
 pub use timers::sleep_until_ms;
 pub use workflows::{CompleteResult, EnqueueRequest, Enqueued, Outcome, RunState, WorkflowStatus};

@@ -60,7 +60,12 @@ impl SystemDatabase {
 
     /// Starts a new run (ENQUEUED) with the same name, queue and input, carrying the checkpoints
     /// before `start_step`. Returns its id (`new_id`, or a fresh uuid).
-    pub async fn fork(&self, workflow_id: &str, start_step: i32, new_id: Option<&str>) -> Result<String> {
+    pub async fn fork(
+        &self,
+        workflow_id: &str,
+        start_step: i32,
+        new_id: Option<&str>,
+    ) -> Result<String> {
         let _ = (workflow_id, start_step, new_id);
         todo!("fork")
     }

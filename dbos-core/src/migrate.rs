@@ -31,10 +31,11 @@ pub(crate) async fn apply(pool: &PgPool, schema: &str, qschema: &str) -> Result<
     ))
     .execute(&mut *tx)
     .await?;
-    let current: Option<i64> =
-        sqlx::query_scalar(&format!("SELECT max(version) FROM {qschema}.dbosify_migrations"))
-            .fetch_one(&mut *tx)
-            .await?;
+    let current: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT max(version) FROM {qschema}.dbosify_migrations"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
     let current = current.unwrap_or(0);
     for (version, template) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let sql = template.replace("{schema}", qschema);
@@ -42,10 +43,12 @@ pub(crate) async fn apply(pool: &PgPool, schema: &str, qschema: &str) -> Result<
             .execute(&mut *tx)
             .await
             .map_err(|e| Error::Migration(format!("version {version}: {e}")))?;
-        sqlx::query(&format!("INSERT INTO {qschema}.dbosify_migrations (version) VALUES ($1)"))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {qschema}.dbosify_migrations (version) VALUES ($1)"
+        ))
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
         info!(schema, version, "applied system schema migration");
     }
     tx.commit().await?;

@@ -77,7 +77,9 @@ struct Shared {
 
 impl Shared {
     fn wake(&self, key: &WakeKey) {
-        let Ok(mut map) = self.waiters.lock() else { return };
+        let Ok(mut map) = self.waiters.lock() else {
+            return;
+        };
         if let Some(list) = map.get_mut(key) {
             list.retain(|w| match w.upgrade() {
                 Some(n) => {
@@ -93,7 +95,9 @@ impl Shared {
     }
 
     fn wake_all(&self) {
-        let Ok(mut map) = self.waiters.lock() else { return };
+        let Ok(mut map) = self.waiters.lock() else {
+            return;
+        };
         map.retain(|_, list| {
             list.retain(|w| match w.upgrade() {
                 Some(n) => {
@@ -143,7 +147,12 @@ impl Notifier {
         listener.listen(&channel).await?;
         tokio::spawn(listen_loop(listener, shared.clone()));
         let (outbox, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(config.database_url.clone(), channel, rx, shared.clone()));
+        tokio::spawn(send_loop(
+            config.database_url.clone(),
+            channel,
+            rx,
+            shared.clone(),
+        ));
         Ok(Self { shared, outbox })
     }
 
@@ -153,7 +162,10 @@ impl Notifier {
         if let Ok(mut map) = self.shared.waiters.lock() {
             map.entry(key).or_default().push(Arc::downgrade(&notify));
         }
-        Waiter { notify, fallback: self.shared.fallback }
+        Waiter {
+            notify,
+            fallback: self.shared.fallback,
+        }
     }
 
     /// Publishes a hint after a commit: wakes local waiters at once and tells other processes.
@@ -245,11 +257,12 @@ async fn send_loop(
                 debug!(error = %e, "sending notifications failed");
                 conn = None;
                 if let Some(mut c) = open_sender(&url).await {
-                    let _ = sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
-                        .bind(&channel)
-                        .bind(&batch)
-                        .execute(&mut c)
-                        .await;
+                    let _ =
+                        sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
+                            .bind(&channel)
+                            .bind(&batch)
+                            .execute(&mut c)
+                            .await;
                     conn = Some(c);
                 }
                 batch.clear();
@@ -261,7 +274,10 @@ async fn send_loop(
 async fn open_sender(url: &str) -> Option<PgConnection> {
     match PgConnection::connect(url).await {
         Ok(mut c) => {
-            if let Err(e) = sqlx::query("SET synchronous_commit = off").execute(&mut c).await {
+            if let Err(e) = sqlx::query("SET synchronous_commit = off")
+                .execute(&mut c)
+                .await
+            {
                 warn!(error = %e, "cannot configure the notification connection");
             }
             Some(c)

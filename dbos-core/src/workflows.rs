@@ -3,8 +3,61 @@
 
 use std::time::Duration;
 
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
 use crate::SystemDatabase;
-use crate::error::Result;
+use crate::db::validate_text;
+use crate::error::{Error, Result};
+use crate::notifier::WakeKey;
+
+/// The column list every `workflow_status` read selects; [`status_from_row`] maps it.
+pub(crate) const STATUS_COLUMNS: &str = "workflow_uuid, status, name, queue_name, executor_id, \
+     inputs, output, error, serialization, created_at, updated_at, started_at_epoch_ms, \
+     completed_at, recovery_attempts, priority, deduplication_id, workflow_timeout_ms, \
+     workflow_deadline_epoch_ms, parent_workflow_id, attributes, application_version, \
+     forked_from, delay_until_epoch_ms";
+
+/// Maps a row selected with [`STATUS_COLUMNS`].
+pub(crate) fn status_from_row(row: &PgRow) -> Result<WorkflowStatus> {
+    let state: Option<String> = row.try_get("status")?;
+    let state = state
+        .as_deref()
+        .and_then(RunState::parse)
+        .ok_or_else(|| Error::Undecodable {
+            what: "workflow status",
+            reason: format!("unknown status {state:?}"),
+        })?;
+    Ok(WorkflowStatus {
+        workflow_id: row.try_get("workflow_uuid")?,
+        state,
+        name: row
+            .try_get::<Option<String>, _>("name")?
+            .unwrap_or_default(),
+        queue_name: row.try_get("queue_name")?,
+        executor_id: row.try_get("executor_id")?,
+        inputs: row.try_get("inputs")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        serialization: row.try_get("serialization")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        started_at_ms: row.try_get("started_at_epoch_ms")?,
+        completed_at_ms: row.try_get("completed_at")?,
+        recovery_attempts: row
+            .try_get::<Option<i64>, _>("recovery_attempts")?
+            .unwrap_or(0),
+        priority: row.try_get("priority")?,
+        deduplication_id: row.try_get("deduplication_id")?,
+        timeout_ms: row.try_get("workflow_timeout_ms")?,
+        deadline_epoch_ms: row.try_get("workflow_deadline_epoch_ms")?,
+        parent_workflow_id: row.try_get("parent_workflow_id")?,
+        attributes: row.try_get("attributes")?,
+        application_version: row.try_get("application_version")?,
+        forked_from: row.try_get("forked_from")?,
+        delay_until_epoch_ms: row.try_get("delay_until_epoch_ms")?,
+    })
+}
 
 /// The status column of `workflow_status`, with DBOS's spellings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,14 +266,99 @@ impl SystemDatabase {
     /// Enqueues a run. Idempotent by id: an existing id returns [`Enqueued::Existing`] and the run
     /// is never created or run twice. Wakes workers listening on the queue.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Enqueued> {
-        let _ = request;
-        todo!("enqueue")
+        validate_text("workflow id", &request.workflow_id)?;
+        validate_text("workflow name", &request.name)?;
+        validate_text("queue name", &request.queue_name)?;
+        if let Some(d) = &request.deduplication_id {
+            validate_text("deduplication id", d)?;
+        }
+        self.check_size("workflow input", &request.inputs)?;
+        if let Some(a) = &request.attributes {
+            if !a.is_object() {
+                return Err(Error::InvalidName {
+                    what: "attributes",
+                    value: a.to_string().chars().take(80).collect(),
+                    reason: "must be a JSON object",
+                });
+            }
+        }
+        let now = crate::now_ms();
+        let delay_until = request.delay.map(|d| now + d.as_millis() as i64);
+        let state = if delay_until.is_some() {
+            RunState::Delayed
+        } else {
+            RunState::Enqueued
+        };
+        // Insert-or-get in one statement: the id is the idempotency key.
+        let sql = self.sql(&format!(
+            "WITH ins AS (
+                INSERT INTO {{s}}.workflow_status (workflow_uuid, status, name, queue_name, inputs,
+                    serialization, created_at, updated_at, priority, deduplication_id,
+                    workflow_timeout_ms, attributes, parent_workflow_id, application_version,
+                    delay_until_epoch_ms, recovery_attempts)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0)
+                ON CONFLICT (workflow_uuid) DO NOTHING
+                RETURNING {STATUS_COLUMNS}, true AS created)
+             SELECT * FROM ins
+             UNION ALL
+             SELECT {STATUS_COLUMNS}, false AS created FROM {{s}}.workflow_status
+              WHERE workflow_uuid = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+        ));
+        let row = self
+            .retry("enqueue", || async {
+                sqlx::query(&sql)
+                    .bind(&request.workflow_id)
+                    .bind(state.as_str())
+                    .bind(&request.name)
+                    .bind(&request.queue_name)
+                    .bind(&request.inputs)
+                    .bind(&request.serialization)
+                    .bind(now)
+                    .bind(request.priority)
+                    .bind(&request.deduplication_id)
+                    .bind(request.timeout.map(|t| t.as_millis() as i64))
+                    .bind(&request.attributes)
+                    .bind(&request.parent_workflow_id)
+                    .bind(&request.application_version)
+                    .bind(delay_until)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
+                        Some("23505") => Error::Duplicated {
+                            queue: request.queue_name.clone(),
+                            deduplication_id: request.deduplication_id.clone().unwrap_or_default(),
+                        },
+                        _ => Error::Database(e),
+                    })
+            })
+            .await?;
+        // The row can vanish between the two halves only if it was deleted concurrently.
+        let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
+        let created: bool = row.try_get("created")?;
+        let status = status_from_row(&row)?;
+        if created {
+            if state == RunState::Enqueued {
+                self.notify(WakeKey::Queue(request.queue_name.clone()));
+            }
+            Ok(Enqueued::Created(status))
+        } else {
+            Ok(Enqueued::Existing(status))
+        }
     }
 
     /// The run's row, or `None`.
     pub async fn status(&self, workflow_id: &str) -> Result<Option<WorkflowStatus>> {
-        let _ = workflow_id;
-        todo!("status")
+        let sql = self.sql(&format!(
+            "SELECT {STATUS_COLUMNS} FROM {{s}}.workflow_status WHERE workflow_uuid = $1"
+        ));
+        let row = self
+            .retry("status", || {
+                sqlx::query(&sql)
+                    .bind(workflow_id)
+                    .fetch_optional(self.pool())
+            })
+            .await?;
+        row.as_ref().map(status_from_row).transpose()
     }
 
     /// Records a terminal outcome, only while the run is PENDING and (when `executor_id` is given)
@@ -246,7 +384,11 @@ impl SystemDatabase {
     }
 
     /// Merges keys into the run's attributes (JSON object merge).
-    pub async fn merge_attributes(&self, workflow_id: &str, attributes: &serde_json::Value) -> Result<()> {
+    pub async fn merge_attributes(
+        &self,
+        workflow_id: &str,
+        attributes: &serde_json::Value,
+    ) -> Result<()> {
         let _ = (workflow_id, attributes);
         todo!("merge_attributes")
     }
