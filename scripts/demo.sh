@@ -18,20 +18,29 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 source "$here/pg.sh"
 cd "$_PG_REPO"
 
-worker_pid=""
-stop_worker() {
-    if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
-        kill -TERM "$worker_pid" 2>/dev/null || true
+# Stop a background process: TERM, up to 5 s of grace, then KILL.
+stop_pid() {
+    local pid="$1"
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do
-            kill -0 "$worker_pid" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.5
         done
-        kill -KILL "$worker_pid" 2>/dev/null || true
-        wait "$worker_pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
     fi
-    worker_pid=""
+    wait "$pid" 2>/dev/null || true
 }
-trap stop_worker EXIT
+worker_pid=""
+starter_pid=""
+cleanup() {
+    trap '' INT TERM          # a second Ctrl-C/kill must not abort the cleanup half-way
+    stop_pid "$starter_pid"; starter_pid=""
+    stop_pid "$worker_pid"; worker_pid=""
+}
+# Whatever happens (error, Ctrl-C, kill), no worker or starter is left behind.
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -66,12 +75,16 @@ if ! kill -0 "$worker_pid" 2>/dev/null; then
 fi
 
 echo "demo.sh: running hello-starter" >&2
+# In the background + `wait`, so that INT/TERM reach our trap at once instead of after the starter.
+timeout "${DBOSIFY_DEMO_TIMEOUT:-120}" "$bin/hello-starter" </dev/null &
+starter_pid=$!
 rc=0
-timeout "${DBOSIFY_DEMO_TIMEOUT:-120}" "$bin/hello-starter" </dev/null || rc=$?
+wait "$starter_pid" || rc=$?
+starter_pid=""
 if [ "$rc" -ne 0 ]; then
     [ "$rc" -eq 124 ] && echo "demo.sh: hello-starter timed out after ${DBOSIFY_DEMO_TIMEOUT:-120}s" >&2
     echo "demo.sh: hello-starter failed (status $rc); last lines of the worker log:" >&2
     tail -n 50 "$worker_log" >&2 || true
 fi
-stop_worker
+cleanup
 exit "$rc"

@@ -78,7 +78,7 @@ _pg_find_bin() {
         [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && _PG_BIN="$d"
     fi
     if [ -z "$_PG_BIN" ]; then
-        for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
             if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then _PG_BIN="$d"; break; fi
         done
     fi
@@ -184,16 +184,38 @@ _pg_unlock() {
 # Cluster operations
 # ---------------------------------------------------------------------------------------------
 
-# pg_ctl as the server's user. The lock fd is closed first: the postmaster would inherit it
-# and hold the lock forever. stdin is /dev/null so the daemon never holds a caller's pipe.
+# pg_ctl as the server's user, in a subshell that first closes every fd above 2: the postmaster
+# would inherit them and hold them for its whole life -- our lock (blocking every later start) or
+# a CI harness's output pipe (the job would never see EOF). stdin is /dev/null for the same reason.
 _pg_ctl() {
     (
+        local f n
         if [ -n "$_PG_LOCK_FD" ]; then eval "exec $_PG_LOCK_FD>&-"; fi
+        for f in /proc/self/fd/*; do
+            n="${f##*/}"
+            case "$n" in ''|*[!0-9]*) continue ;; esac
+            if [ "$n" -gt 2 ] && [ "$n" -lt 255 ]; then eval "exec $n>&-" 2>/dev/null || true; fi
+        done
         _pg_as "$_PG_BIN/pg_ctl" -D "$_PG_DATA" "$@" </dev/null
     )
 }
 
 _pg_running() { _pg_ctl status >/dev/null 2>&1; }
+
+# After a reboot or container restart, postmaster.pid may name a PID that now belongs to some
+# unrelated process; pg_ctl would then think the server runs and postgres would refuse to start.
+# Remove such a pid file, but only when that process is certainly not a postgres.
+_pg_clear_stale_pid() {
+    local pid comm
+    [ -f "$_PG_DATA/postmaster.pid" ] && [ -d /proc/1 ] || return 0
+    pid="$(sed -n 1p "$_PG_DATA/postmaster.pid" 2>/dev/null)"
+    case "$pid" in ''|*[!0-9]*) return 0 ;; esac
+    [ -r "/proc/$pid/comm" ] || return 0          # no such process: postgres handles that itself
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null)"
+    case "$comm" in postgres|postmaster) return 0 ;; esac
+    _pg_err "note: removing stale $_PG_DATA/postmaster.pid (PID $pid is now '$comm')"
+    rm -f "$_PG_DATA/postmaster.pid"
+}
 
 # Port of the running server (postmaster.pid line 4), else the one recorded in dbosify.conf.
 _pg_port() {
@@ -331,7 +353,8 @@ _pg_start_locked() {
     _pg_resolve
     [ -f "$_PG_DATA/PG_VERSION" ] && ver="$(cat "$_PG_DATA/PG_VERSION")"
     if ! _pg_find_bin "$ver"; then
-        _pg_install && _pg_find_bin "$ver" || { _pg_err "no PostgreSQL server binaries found after install"; return 1; }
+        _pg_install || return 1
+        if ! _pg_find_bin "$ver"; then _pg_err "no PostgreSQL server binaries found after install"; return 1; fi
     fi
     if [ -n "$ver" ] && [ "$("$_PG_BIN/pg_ctl" --version | sed -n 's/^[^0-9]*\([0-9]*\).*/\1/p')" != "$ver" ]; then
         _pg_err "the cluster in $_PG_DATA is PostgreSQL $ver but only $_PG_BIN exists;"
@@ -346,6 +369,7 @@ _pg_start_locked() {
     fi
     if [ -z "$ver" ]; then _pg_initdb || return 1; fi
 
+    _pg_clear_stale_pid
     if ! _pg_running; then _pg_start_server || return 1; fi
     port="$(_pg_port)" || { _pg_err "cannot tell the server's port"; return 1; }
 
