@@ -154,3 +154,15 @@ CREATE TABLE IF NOT EXISTS {schema}.dbosify_executors (
     started_at_epoch_ms  BIGINT NOT NULL,
     lease_expires_at_ms  BIGINT NOT NULL
 );
+
+-- DBOSify: aborts the current statement with a chosen SQLSTATE and detail. Multi-part writes
+-- (checkpoint + consumed messages + events, or recv's consume + checkpoint) are single
+-- statements, so one round trip and one commit; when a part finds the write cannot go ahead
+-- (position taken, message consumed by someone else) the statement calls this to roll back
+-- every part. VOLATILE so the planner never evaluates it ahead of time.
+CREATE OR REPLACE FUNCTION {schema}.dbosify_abort(code TEXT, detail TEXT) RETURNS BOOLEAN
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = 'dbosify: ' || code, DETAIL = detail;
+END
+$$;

@@ -69,22 +69,32 @@ impl std::fmt::Debug for SystemDatabase {
 impl SystemDatabase {
     /// Connects, applies the schema (idempotent, safe when several processes start at once) and
     /// starts the process's LISTEN connection.
+    ///
+    /// Every connection (pool, LISTEN, hint sender) carries the URL's `application_name`, or
+    /// [`DEFAULT_APPLICATION_NAME`] when the URL sets none, so operators can find this process's
+    /// backends in `pg_stat_activity`.
     pub async fn connect(config: Config) -> Result<Self> {
         validate_schema_name(&config.schema)?;
-        let options: PgConnectOptions = config
+        let mut options: PgConnectOptions = config
             .database_url
             .parse::<PgConnectOptions>()?
             .log_statements(tracing::log::LevelFilter::Trace);
+        if options.get_application_name().is_none() {
+            options = options.application_name(DEFAULT_APPLICATION_NAME);
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+            .max_connections(config.max_connections.max(1))
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let qschema = format!("\"{}\"", config.schema);
-        crate::migrate::apply(&pool, &config.schema, &qschema).await?;
-        let notifier = Notifier::start(&pool, &config).await?;
+        retry_with(&config, "apply schema", || {
+            crate::migrate::apply(&pool, &config.schema, &qschema)
+        })
+        .await?;
+        let notifier = Notifier::start(&options, &config).await?;
         debug!(schema = %config.schema, "system database ready");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -117,25 +127,14 @@ impl SystemDatabase {
     }
 
     /// Runs an idempotent operation, retrying it with a short backoff after transient failures
-    /// (dropped connection, server restart, serialization failure).
-    pub(crate) async fn retry<T, E, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    /// (dropped connection, server restart, serialization failure). See [`retry_with`].
+    pub(crate) async fn retry<T, E, F, Fut>(&self, what: &'static str, op: F) -> Result<T>
     where
         E: Into<Error>,
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            match op().await.map_err(Into::into) {
-                Err(e) if e.is_transient() && attempt < self.inner.config.max_retries => {
-                    attempt += 1;
-                    let backoff = Duration::from_millis(5u64 << attempt.min(8));
-                    warn!(operation = what, attempt, error = %e, "transient failure, retrying");
-                    tokio::time::sleep(backoff).await;
-                }
-                other => return other,
-            }
-        }
+        retry_with(&self.inner.config, what, op).await
     }
 
     /// Checks a serialized value against the size limit.
@@ -155,6 +154,50 @@ impl SystemDatabase {
     pub async fn close(&self) {
         self.inner.notifier.shutdown();
         self.inner.pool.close().await;
+    }
+}
+
+/// The `application_name` of this crate's connections when the URL does not set one.
+pub const DEFAULT_APPLICATION_NAME: &str = "dbosify";
+
+/// The retry rule of every idempotent operation.
+///
+/// A transient failure (see [`Error::is_transient`]) is retried up to `config.max_retries`
+/// times with a jittered exponential backoff (10 ms doubling to about 1.3 s). On top of that,
+/// a *lost connection* is retried at once, without counting, up to `max_connections + 2` times:
+/// after a server restart or `pg_terminate_backend`, every idle connection of the pool is dead
+/// and each attempt discards one of them, so the first retries must not wait or exhaust the
+/// budget on connections that were known to be stale.
+///
+/// The operation must be idempotent: a failure after the server committed (lost
+/// acknowledgement) runs it again.
+pub(crate) async fn retry_with<T, E, F, Fut>(
+    config: &Config,
+    what: &'static str,
+    mut op: F,
+) -> Result<T>
+where
+    E: Into<Error>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    let mut attempt = 0u32;
+    let mut quick_left = config.max_connections.saturating_add(2);
+    loop {
+        match op().await.map_err(Into::into) {
+            Err(e) if e.is_connection_loss() && quick_left > 0 => {
+                quick_left -= 1;
+                debug!(operation = what, error = %e, "connection lost, retrying at once");
+            }
+            Err(e) if e.is_transient() && attempt < config.max_retries => {
+                attempt += 1;
+                let base = 5u64 << attempt.min(8);
+                let jitter = rand::random_range(0..=base / 2);
+                warn!(operation = what, attempt, error = %e, "transient failure, retrying");
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -93,15 +93,25 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the failure is the loss of the connection itself (socket closed, backend
+    /// terminated by the administrator or a crash): the connection is discarded and a retry on
+    /// another one may succeed at once.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            Error::Database(e) => is_connection_loss_sqlx(e),
+            _ => false,
+        }
+    }
 }
 
 /// Classifies a driver error: connection-class SQLSTATEs (08xxx), server shutdown/termination
-/// (57P01..57P03), serialization failures and deadlocks (40001, 40P01), pool timeouts and I/O.
+/// (57P01..57P03), too many connections (53300), serialization failures and deadlocks (40001,
+/// 40P01), pool timeouts and I/O.
 pub(crate) fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => match db.code() {
@@ -109,9 +119,21 @@ pub(crate) fn is_transient_sqlx(e: &sqlx::Error) -> bool {
                 code.starts_with("08")
                     || matches!(
                         code.as_ref(),
-                        "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+                        "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
                     )
             }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// The subset of [`is_transient_sqlx`] that means "this connection is gone".
+pub(crate) fn is_connection_loss_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02"),
             None => false,
         },
         _ => false,
@@ -125,3 +147,35 @@ pub(crate) fn sqlstate(e: &sqlx::Error) -> Option<String> {
         _ => None,
     }
 }
+
+/// The DETAIL field of a Postgres error, if any.
+pub(crate) fn detail(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|p| p.detail())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Maps a foreign-key violation (23503) on a run-owned table to [`Error::UnknownRun`]; every
+/// other error stays a database error.
+pub(crate) fn unknown_run_on_fk(e: sqlx::Error, workflow_id: &str) -> Error {
+    if sqlstate(&e).as_deref() == Some(FOREIGN_KEY_VIOLATION) {
+        Error::UnknownRun(workflow_id.to_owned())
+    } else {
+        Error::Database(e)
+    }
+}
+
+/// SQLSTATE of a foreign-key violation.
+pub(crate) const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// SQLSTATE raised by `dbosify_abort` in a multi-part write when the checkpoint position is
+/// already taken: the whole statement is rolled back and the caller inspects the stored row.
+pub(crate) const CHECKPOINT_EXISTS: &str = "DBX01";
+
+/// SQLSTATE raised by `dbosify_abort` when a message to be consumed was consumed already (its
+/// id is in the DETAIL field); the whole statement is rolled back.
+pub(crate) const MESSAGE_CONSUMED: &str = "DBX02";

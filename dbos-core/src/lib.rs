@@ -35,13 +35,13 @@ mod workflows;
 pub mod testing;
 
 pub use checkpoints::{Checkpoint, StepWrite};
-pub use db::{Config, SystemDatabase, now_ms, validate_schema_name};
+pub use db::{Config, DEFAULT_APPLICATION_NAME, SystemDatabase, now_ms, validate_schema_name};
 pub use error::{Error, Result};
-pub use executors::{ExecutorHandle, ExecutorOptions};
+pub use executors::{DEFAULT_LEASE, ExecutorHandle, ExecutorOptions};
 pub use management::ListFilter;
 pub use messages::Message;
 pub use migrate::SCHEMA_VERSION;
-pub use notifier::{Waiter, WakeKey};
-pub use queues::{QueueConfig, RateLimit};
+pub use notifier::{NotifierStats, Waiter, WakeKey};
+pub use queues::{QUEUE_CONFIG_TTL, QueueConfig, RateLimit, WorkWaiter};
 pub use timers::sleep_until_ms;
 pub use workflows::{CompleteResult, EnqueueRequest, Enqueued, Outcome, RunState, WorkflowStatus};

@@ -3,23 +3,32 @@
 //!
 //! Notifications are hints; the database is the truth. A waiter registers its key *before* it
 //! probes the database, re-probes after every wake, and wakes on its own every
-//! `fallback_poll_interval` in case a notification was lost. After the LISTEN connection drops,
-//! every waiter is woken so it re-probes whatever it was waiting on.
+//! `fallback_poll_interval` in case a notification was lost.
+//!
+//! The LISTEN connection is the process's own (outside the pool). When it is lost (server
+//! restart, `pg_terminate_backend`, network failure, or a keep-alive probe that does not come
+//! back) it is re-opened with a jittered backoff, `LISTEN` is issued again, and only *then* is
+//! every waiter woken so it re-probes whatever it was waiting on: anything committed while no
+//! one was listening is found by that probe, anything committed after it arrives as a hint.
+//! While it stays down, every waiter is woken after each reconnection attempt as well.
 //!
 //! Hints are sent after the data commit, outside the writer's transaction, batched, on a
 //! dedicated connection with `synchronous_commit = off`: a NOTIFY inside a write transaction would
-//! serialize every writer's commit on Postgres's notification-queue lock.
+//! serialize every writer's commit on Postgres's notification-queue lock. The sender reconnects
+//! on failure; a batch that cannot be sent after one reconnection is dropped (waiters fall back
+//! to polling) rather than delaying newer hints.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::{Notify, mpsc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::db::Config;
 use crate::error::Result;
@@ -67,67 +76,94 @@ impl WakeKey {
     }
 }
 
-type WaiterMap = HashMap<WakeKey, Vec<Weak<Notify>>>;
+/// Counters of the process's notification plumbing (for tests, benchmarks and diagnostics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifierStats {
+    /// How many times the LISTEN connection was (re)established, the first time included.
+    pub listener_connects: u64,
+    /// Notifications received on the LISTEN connection.
+    pub notifications_received: u64,
+    /// Hint batches sent.
+    pub batches_sent: u64,
+    /// Hints dropped because they could not be sent (waiters fall back to polling).
+    pub hints_dropped: u64,
+    /// How many times the hint sender opened its connection, the first time included.
+    pub sender_connects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    listener_connects: AtomicU64,
+    notifications_received: AtomicU64,
+    batches_sent: AtomicU64,
+    hints_dropped: AtomicU64,
+    sender_connects: AtomicU64,
+}
+
+type WaiterMap = HashMap<WakeKey, Vec<Arc<Notify>>>;
 
 struct Shared {
     waiters: Mutex<WaiterMap>,
     fallback: Duration,
-    shutdown: Notify,
+    shutdown: watch::Sender<bool>,
+    counters: Counters,
 }
 
 impl Shared {
+    fn map(&self) -> MutexGuard<'_, WaiterMap> {
+        // The map is never left half-updated by a panic (only Vec/HashMap calls under the lock),
+        // so a poisoned lock is still consistent.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn wake(&self, key: &WakeKey) {
-        let Ok(mut map) = self.waiters.lock() else {
-            return;
-        };
-        if let Some(list) = map.get_mut(key) {
-            list.retain(|w| match w.upgrade() {
-                Some(n) => {
-                    n.notify_one();
-                    true
-                }
-                None => false,
-            });
-            if list.is_empty() {
-                map.remove(key);
+        if let Some(list) = self.map().get(key) {
+            for n in list {
+                n.notify_one();
             }
         }
     }
 
     fn wake_all(&self) {
-        let Ok(mut map) = self.waiters.lock() else {
-            return;
-        };
-        map.retain(|_, list| {
-            list.retain(|w| match w.upgrade() {
-                Some(n) => {
-                    n.notify_one();
-                    true
-                }
-                None => false,
-            });
-            !list.is_empty()
-        });
+        for list in self.map().values() {
+            for n in list {
+                n.notify_one();
+            }
+        }
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 }
 
-/// The process's notification hub (owned by the [`crate::SystemDatabase`]).
+/// The process's notification hub (owned by the [`crate::SystemDatabase`]). Dropping it stops
+/// its background tasks.
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
     outbox: mpsc::UnboundedSender<String>,
 }
 
-/// A registered interest in one key. Register before probing; drop when done.
+/// A registered interest in one key. Register before probing; drop when done (dropping
+/// unregisters it).
 pub struct Waiter {
     notify: Arc<Notify>,
-    fallback: Duration,
+    key: WakeKey,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter").field("key", &self.key).finish()
+    }
 }
 
 impl Waiter {
     /// Waits until woken, the fallback interval passes, or `deadline` (if any) is reached,
-    /// whichever comes first. The caller re-probes the database afterwards.
+    /// whichever comes first. The caller re-probes the database afterwards. A wake that arrived
+    /// since the last wait (for example between a probe and this call) returns at once.
     pub async fn wait(&self, deadline: Option<Instant>) {
-        let mut until = Instant::now() + self.fallback;
+        let mut until = Instant::now() + self.shared.fallback;
         if let Some(d) = deadline {
             until = until.min(d);
         }
@@ -135,48 +171,96 @@ impl Waiter {
     }
 }
 
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.shared.map();
+        if let Some(list) = map.get_mut(&self.key) {
+            list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            if list.is_empty() {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl Notifier {
-    pub(crate) async fn start(pool: &PgPool, config: &Config) -> Result<Self> {
+    /// Opens the LISTEN connection (the first `LISTEN` is in place when this returns) and starts
+    /// the listener and hint-sender tasks.
+    pub(crate) async fn start(options: &PgConnectOptions, config: &Config) -> Result<Self> {
         let channel = channel_name(&config.schema);
+        let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             waiters: Mutex::new(HashMap::new()),
             fallback: config.fallback_poll_interval,
-            shutdown: Notify::new(),
+            shutdown,
+            counters: Counters::default(),
         });
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(&channel).await?;
-        tokio::spawn(listen_loop(listener, shared.clone()));
-        let (outbox, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(
-            config.database_url.clone(),
-            channel,
-            rx,
+        let first = crate::db::retry_with(config, "open LISTEN connection", || {
+            open_listener(options, &channel)
+        })
+        .await?;
+        shared
+            .counters
+            .listener_connects
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(listen_loop(
+            first,
+            options.clone(),
+            channel.clone(),
             shared.clone(),
         ));
+        let (outbox, rx) = mpsc::unbounded_channel();
+        tokio::spawn(send_loop(options.clone(), channel, rx, shared.clone()));
         Ok(Self { shared, outbox })
     }
 
     /// Registers interest in `key`.
     pub(crate) fn register(&self, key: WakeKey) -> Waiter {
         let notify = Arc::new(Notify::new());
-        if let Ok(mut map) = self.shared.waiters.lock() {
-            map.entry(key).or_default().push(Arc::downgrade(&notify));
-        }
+        self.shared
+            .map()
+            .entry(key.clone())
+            .or_default()
+            .push(notify.clone());
         Waiter {
             notify,
-            fallback: self.shared.fallback,
+            key,
+            shared: self.shared.clone(),
         }
     }
 
     /// Publishes a hint after a commit: wakes local waiters at once and tells other processes.
     pub(crate) fn notify(&self, key: WakeKey) {
         self.shared.wake(&key);
-        let _ = self.outbox.send(key.payload());
+        if self.outbox.send(key.payload()).is_err() {
+            self.shared
+                .counters
+                .hints_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// Stops the background tasks and wakes every waiter.
     pub(crate) fn shutdown(&self) {
-        self.shared.shutdown.notify_waiters();
+        self.shared.shutdown.send_replace(true);
         self.shared.wake_all();
+    }
+
+    pub(crate) fn stats(&self) -> NotifierStats {
+        let c = &self.shared.counters;
+        NotifierStats {
+            listener_connects: c.listener_connects.load(Ordering::Relaxed),
+            notifications_received: c.notifications_received.load(Ordering::Relaxed),
+            batches_sent: c.batches_sent.load(Ordering::Relaxed),
+            hints_dropped: c.hints_dropped.load(Ordering::Relaxed),
+            sender_connects: c.sender_connects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -186,41 +270,166 @@ fn channel_name(schema: &str) -> String {
     format!("dbosify_{schema}")
 }
 
-async fn listen_loop(mut listener: PgListener, shared: Arc<Shared>) {
+/// How often the LISTEN connection is probed with a trivial query when nothing arrives: a
+/// half-open TCP connection (peer gone without a reset) would otherwise be waited on forever.
+const LISTEN_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long the keep-alive probe may take before the connection is declared lost.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnection backoff of the LISTEN and sender connections: first and largest delay.
+const RECONNECT_FIRST: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Opens a fresh LISTEN connection on its own single-connection pool (never the shared pool:
+/// it must not hold one of the pool's slots, and a dead one is simply dropped).
+async fn open_listener(options: &PgConnectOptions, channel: &str) -> Result<PgListener> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // Reconnection is ours (with wake-all after LISTEN), not the driver's.
+    listener.eager_reconnect(false);
+    listener.ignore_pool_close_event(true);
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(RECONNECT_MAX)
+}
+
+fn jittered(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(ms + rand::random_range(0..=ms / 4))
+}
+
+async fn listen_loop(
+    first: PgListener,
+    options: PgConnectOptions,
+    channel: String,
+    shared: Arc<Shared>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut current = Some(first);
+    let mut backoff = RECONNECT_FIRST;
     loop {
-        let next = tokio::select! {
-            n = listener.try_recv() => n,
-            _ = shared.shutdown.notified() => return,
-        };
-        match next {
-            Ok(Some(n)) => {
-                if let Some(key) = WakeKey::parse(n.payload()) {
-                    shared.wake(&key);
+        if shared.is_shut_down() {
+            return;
+        }
+        let mut listener = match current.take() {
+            Some(l) => l,
+            None => {
+                let opened = tokio::select! {
+                    r = open_listener(&options, &channel) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match opened {
+                    Ok(l) => {
+                        shared
+                            .counters
+                            .listener_connects
+                            .fetch_add(1, Ordering::Relaxed);
+                        info!(%channel, "LISTEN connection re-established; waking all waiters");
+                        // LISTEN is in place: whatever was committed while no one listened is
+                        // found by the waiters' re-probe.
+                        shared.wake_all();
+                        backoff = RECONNECT_FIRST;
+                        l
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "cannot re-open the LISTEN connection");
+                        // Nobody hears hints meanwhile: let waiters poll at the reconnect pace.
+                        shared.wake_all();
+                        tokio::select! {
+                            _ = tokio::time::sleep(jittered(backoff)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = next_backoff(backoff);
+                        continue;
+                    }
                 }
             }
-            Ok(None) => {
-                // The connection was lost; the next call reconnects. Anything sent meanwhile is
-                // lost, so every waiter re-probes.
-                warn!("LISTEN connection lost; reconnecting and waking all waiters");
-                shared.wake_all();
+        };
+        // Receive until the connection is lost.
+        let lost = loop {
+            let next = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = tokio::time::sleep(LISTEN_KEEPALIVE) => {
+                    let ping = tokio::time::timeout(
+                        KEEPALIVE_TIMEOUT,
+                        sqlx::query("SELECT 1").execute(&mut listener),
+                    )
+                    .await;
+                    match ping {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break "keep-alive probe timed out".to_string(),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Ok(Some(n)) => {
+                    shared
+                        .counters
+                        .notifications_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(key) = WakeKey::parse(n.payload()) {
+                        shared.wake(&key);
+                    }
+                }
+                Ok(None) => break "connection closed".to_string(),
+                Err(e) => break e.to_string(),
             }
-            Err(e) => {
-                warn!(error = %e, "LISTEN connection failed; retrying");
-                shared.wake_all();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        };
+        warn!(reason = %lost, "LISTEN connection lost; reconnecting");
+        drop(listener);
+        shared.wake_all();
+    }
+}
+
+async fn open_sender(options: &PgConnectOptions, shared: &Shared) -> Option<PgConnection> {
+    // Hints are not data: their commit need not wait for the WAL flush.
+    let options = options.clone().options([("synchronous_commit", "off")]);
+    match options.connect().await {
+        Ok(c) => {
+            shared
+                .counters
+                .sender_connects
+                .fetch_add(1, Ordering::Relaxed);
+            Some(c)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot open the notification connection");
+            None
         }
     }
 }
 
+const SEND_SQL: &str = "SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p";
+
+async fn send_batch(conn: &mut PgConnection, channel: &str, batch: &[String]) -> Result<()> {
+    sqlx::query(SEND_SQL)
+        .bind(channel)
+        .bind(batch)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn send_loop(
-    url: String,
+    options: PgConnectOptions,
     channel: String,
     mut rx: mpsc::UnboundedReceiver<String>,
     shared: Arc<Shared>,
 ) {
+    let mut shutdown = shared.shutdown.subscribe();
     let mut conn: Option<PgConnection> = None;
     let mut batch: Vec<String> = Vec::new();
+    let mut backoff = RECONNECT_FIRST;
     loop {
         if batch.is_empty() {
             tokio::select! {
@@ -228,7 +437,7 @@ async fn send_loop(
                     Some(p) => batch.push(p),
                     None => return,
                 },
-                _ = shared.shutdown.notified() => return,
+                _ = shutdown.changed() => return,
             }
         }
         while let Ok(p) = rx.try_recv() {
@@ -237,55 +446,45 @@ async fn send_loop(
         batch.sort_unstable();
         batch.dedup();
         if conn.is_none() {
-            conn = open_sender(&url).await;
+            conn = open_sender(&options, &shared).await;
             if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Keep the batch (new hints join it) and try again shortly.
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(backoff)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = next_backoff(backoff);
                 continue;
             }
+            backoff = RECONNECT_FIRST;
         }
         let Some(c) = conn.as_mut() else { continue };
-        let sent = sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
-            .bind(&channel)
-            .bind(&batch)
-            .execute(&mut *c)
-            .await;
-        match sent {
-            Ok(_) => batch.clear(),
+        match send_batch(c, &channel, &batch).await {
+            Ok(()) => {
+                shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
-                // Hints are best effort; waiters fall back to polling. Retry once on a new
-                // connection, then drop the batch.
-                debug!(error = %e, "sending notifications failed");
-                conn = None;
-                if let Some(mut c) = open_sender(&url).await {
-                    let _ =
-                        sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
-                            .bind(&channel)
-                            .bind(&batch)
-                            .execute(&mut c)
-                            .await;
-                    conn = Some(c);
+                // The connection is probably gone: retry once on a new one, then drop the batch
+                // (receivers find the data on their fallback re-check).
+                debug!(error = %e, "sending notifications failed; reconnecting");
+                conn = open_sender(&options, &shared).await;
+                let resent = match conn.as_mut() {
+                    Some(c) => send_batch(c, &channel, &batch).await.is_ok(),
+                    None => false,
+                };
+                if resent {
+                    shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    conn = None;
+                    warn!(hints = batch.len(), "dropping notification hints");
+                    shared
+                        .counters
+                        .hints_dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
-                batch.clear();
             }
         }
-    }
-}
-
-async fn open_sender(url: &str) -> Option<PgConnection> {
-    match PgConnection::connect(url).await {
-        Ok(mut c) => {
-            if let Err(e) = sqlx::query("SET synchronous_commit = off")
-                .execute(&mut c)
-                .await
-            {
-                warn!(error = %e, "cannot configure the notification connection");
-            }
-            Some(c)
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot open the notification connection");
-            None
-        }
+        batch.clear();
     }
 }
 
@@ -300,8 +499,14 @@ impl crate::SystemDatabase {
         self.inner.notifier.notify(key)
     }
 
+    /// Counters of this handle's notification plumbing.
+    pub fn notifier_stats(&self) -> NotifierStats {
+        self.inner.notifier.stats()
+    }
+
     /// The one waiting loop: registers on `key`, then probes until the probe yields a value or
-    /// the timeout passes (`None` waits forever). Returns `Ok(None)` on timeout.
+    /// the timeout passes (`None` waits forever). Returns `Ok(None)` on timeout. The probe runs
+    /// at least once, and once more after the deadline's wait.
     pub async fn wait_for<T, F, Fut>(
         &self,
         key: WakeKey,
@@ -320,6 +525,9 @@ impl crate::SystemDatabase {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
+            }
+            if self.inner.notifier.shared.is_shut_down() {
+                return Err(crate::Error::Shutdown);
             }
             waiter.wait(deadline).await;
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use tracing::debug;
 
 use crate::SystemDatabase;
 use crate::db::validate_text;
@@ -17,6 +18,10 @@ pub(crate) const STATUS_COLUMNS: &str = "workflow_uuid, status, name, queue_name
      completed_at, recovery_attempts, priority, deduplication_id, workflow_timeout_ms, \
      workflow_deadline_epoch_ms, parent_workflow_id, attributes, application_version, \
      forked_from, delay_until_epoch_ms";
+
+/// How many times enqueue re-runs its statement when the id's row was inserted by a concurrent,
+/// then-uncommitted enqueue (see [`SystemDatabase::enqueue`]).
+const ENQUEUE_SNAPSHOT_RETRIES: usize = 5;
 
 /// Maps a row selected with [`STATUS_COLUMNS`].
 pub(crate) fn status_from_row(row: &PgRow) -> Result<WorkflowStatus> {
@@ -254,6 +259,9 @@ pub enum Outcome {
 
 /// What completion did.
 #[derive(Debug, Clone)]
+// The large variant is the rare path (the run was decided elsewhere); boxing it would change
+// the public type.
+#[allow(clippy::large_enum_variant)]
 pub enum CompleteResult {
     /// This call recorded the outcome (or a retry of this same call had).
     Recorded,
@@ -265,6 +273,10 @@ pub enum CompleteResult {
 impl SystemDatabase {
     /// Enqueues a run. Idempotent by id: an existing id returns [`Enqueued::Existing`] and the run
     /// is never created or run twice. Wakes workers listening on the queue.
+    ///
+    /// A call retried after a lost acknowledgement still reports [`Enqueued::Created`] (the row
+    /// carries the call's owner token), and concurrent enqueues of one id yield exactly one
+    /// `Created`.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Enqueued> {
         validate_text("workflow id", &request.workflow_id)?;
         validate_text("workflow name", &request.name)?;
@@ -273,14 +285,14 @@ impl SystemDatabase {
             validate_text("deduplication id", d)?;
         }
         self.check_size("workflow input", &request.inputs)?;
-        if let Some(a) = &request.attributes {
-            if !a.is_object() {
-                return Err(Error::InvalidName {
-                    what: "attributes",
-                    value: a.to_string().chars().take(80).collect(),
-                    reason: "must be a JSON object",
-                });
-            }
+        if let Some(a) = &request.attributes
+            && !a.is_object()
+        {
+            return Err(Error::InvalidName {
+                what: "attributes",
+                value: a.to_string().chars().take(80).collect(),
+                reason: "must be a JSON object",
+            });
         }
         let now = crate::now_ms();
         let delay_until = request.delay.map(|d| now + d.as_millis() as i64);
@@ -289,50 +301,67 @@ impl SystemDatabase {
         } else {
             RunState::Enqueued
         };
-        // Insert-or-get in one statement: the id is the idempotency key.
+        // Insert-or-get in one statement: the id is the idempotency key. The owner token
+        // (DBOS's `owner_xid`), fresh per call and the same across its retries, tells a retry
+        // whose first attempt committed (acknowledgement lost) that the row is its own.
+        let owner = uuid::Uuid::new_v4().to_string();
         let sql = self.sql(&format!(
             "WITH ins AS (
                 INSERT INTO {{s}}.workflow_status (workflow_uuid, status, name, queue_name, inputs,
                     serialization, created_at, updated_at, priority, deduplication_id,
                     workflow_timeout_ms, attributes, parent_workflow_id, application_version,
-                    delay_until_epoch_ms, recovery_attempts)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0)
+                    delay_until_epoch_ms, recovery_attempts, owner_xid)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)
                 ON CONFLICT (workflow_uuid) DO NOTHING
                 RETURNING {STATUS_COLUMNS}, true AS created)
              SELECT * FROM ins
              UNION ALL
-             SELECT {STATUS_COLUMNS}, false AS created FROM {{s}}.workflow_status
+             SELECT {STATUS_COLUMNS}, owner_xid IS NOT DISTINCT FROM $15 AS created
+               FROM {{s}}.workflow_status
               WHERE workflow_uuid = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
         ));
-        let row = self
-            .retry("enqueue", || async {
-                sqlx::query(&sql)
-                    .bind(&request.workflow_id)
-                    .bind(state.as_str())
-                    .bind(&request.name)
-                    .bind(&request.queue_name)
-                    .bind(&request.inputs)
-                    .bind(&request.serialization)
-                    .bind(now)
-                    .bind(request.priority)
-                    .bind(&request.deduplication_id)
-                    .bind(request.timeout.map(|t| t.as_millis() as i64))
-                    .bind(&request.attributes)
-                    .bind(&request.parent_workflow_id)
-                    .bind(&request.application_version)
-                    .bind(delay_until)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
-                        Some("23505") => Error::Duplicated {
-                            queue: request.queue_name.clone(),
-                            deduplication_id: request.deduplication_id.clone().unwrap_or_default(),
-                        },
-                        _ => Error::Database(e),
-                    })
-            })
-            .await?;
-        // The row can vanish between the two halves only if it was deleted concurrently.
+        // When a concurrent enqueue of the same id has not committed yet, the insert waits for
+        // it and then does nothing, but the fallback read still uses the statement's snapshot,
+        // taken before that commit, and finds no row. A new statement sees the committed row
+        // (or, if that enqueue rolled back, inserts).
+        let mut row = None;
+        for _ in 0..ENQUEUE_SNAPSHOT_RETRIES {
+            row = self
+                .retry("enqueue", || async {
+                    sqlx::query(&sql)
+                        .bind(&request.workflow_id)
+                        .bind(state.as_str())
+                        .bind(&request.name)
+                        .bind(&request.queue_name)
+                        .bind(&request.inputs)
+                        .bind(&request.serialization)
+                        .bind(now)
+                        .bind(request.priority)
+                        .bind(&request.deduplication_id)
+                        .bind(request.timeout.map(|t| t.as_millis() as i64))
+                        .bind(&request.attributes)
+                        .bind(&request.parent_workflow_id)
+                        .bind(&request.application_version)
+                        .bind(delay_until)
+                        .bind(&owner)
+                        .fetch_optional(self.pool())
+                        .await
+                        .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
+                            Some("23505") => Error::Duplicated {
+                                queue: request.queue_name.clone(),
+                                deduplication_id: request
+                                    .deduplication_id
+                                    .clone()
+                                    .unwrap_or_default(),
+                            },
+                            _ => Error::Database(e),
+                        })
+                })
+                .await?;
+            if row.is_some() {
+                break;
+            }
+        }
         let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
         let created: bool = row.try_get("created")?;
         let status = status_from_row(&row)?;
@@ -363,33 +392,169 @@ impl SystemDatabase {
 
     /// Records a terminal outcome, only while the run is PENDING and (when `executor_id` is given)
     /// held by that executor. Wakes everyone awaiting the run.
+    ///
+    /// Zero rows updated means someone else decided the run first (a cancel, another executor
+    /// after a takeover, a resume that put it back in its queue): the row is re-read and returned
+    /// as [`CompleteResult::AlreadyDecided`], and the caller drops its local result. The one
+    /// exception is a row that already holds exactly this outcome (and, when `executor_id` is
+    /// given, is held by that executor): that is this same call retried after its commit
+    /// acknowledgement was lost, and it is [`CompleteResult::Recorded`].
+    ///
+    /// Completion releases the run's deduplication id, so the id may be enqueued again.
     pub async fn complete(
         &self,
         workflow_id: &str,
         executor_id: Option<&str>,
         outcome: &Outcome,
     ) -> Result<CompleteResult> {
-        let _ = (workflow_id, executor_id, outcome);
-        todo!("complete")
+        validate_text("workflow id", workflow_id)?;
+        if let Some(e) = executor_id {
+            validate_text("executor id", e)?;
+        }
+        let (state, output, error) = outcome_columns(outcome);
+        if let Some(o) = output {
+            self.check_size("workflow output", o)?;
+        }
+        if let Some(e) = error {
+            self.check_size("workflow error", e)?;
+        }
+        // Computed once, outside the retry loop: a retried write carries the same values.
+        let now = crate::now_ms();
+        let guard = if executor_id.is_some() {
+            " AND executor_id = $6"
+        } else {
+            ""
+        };
+        let sql = self.sql(&format!(
+            "UPDATE {{s}}.workflow_status
+                SET status = $2, output = $3, error = $4, updated_at = $5, completed_at = $5,
+                    deduplication_id = NULL
+              WHERE workflow_uuid = $1 AND status = 'PENDING'{guard}
+             RETURNING queue_name"
+        ));
+        let updated: Option<Option<String>> = self
+            .retry("complete", || {
+                let mut q = sqlx::query_scalar(&sql)
+                    .bind(workflow_id)
+                    .bind(state.as_str())
+                    .bind(output)
+                    .bind(error)
+                    .bind(now);
+                if let Some(e) = executor_id {
+                    q = q.bind(e);
+                }
+                q.fetch_optional(self.pool())
+            })
+            .await?;
+        if let Some(queue) = updated {
+            debug!(workflow_id, state = state.as_str(), "run completed");
+            self.notify_finished(workflow_id, queue.as_deref());
+            return Ok(CompleteResult::Recorded);
+        }
+        let current = self
+            .status(workflow_id)
+            .await?
+            .ok_or_else(|| Error::UnknownRun(workflow_id.to_string()))?;
+        let same_outcome = current.state == state
+            && current.output.as_deref() == output
+            && current.error.as_deref() == error
+            && executor_id.is_none_or(|e| current.executor_id.as_deref() == Some(e));
+        if same_outcome {
+            // A retry whose first attempt committed: its wake-ups were never sent.
+            debug!(workflow_id, "completion already recorded by this call");
+            self.notify_finished(workflow_id, current.queue_name.as_deref());
+            Ok(CompleteResult::Recorded)
+        } else {
+            debug!(
+                workflow_id,
+                state = current.state.as_str(),
+                "run already decided; local outcome dropped"
+            );
+            Ok(CompleteResult::AlreadyDecided(current))
+        }
+    }
+
+    /// Wakes whoever waits on a run that just left PENDING (or ENQUEUED/DELAYED): its awaiters,
+    /// the run itself, and — when its queue has a concurrency limit — the queue's workers, since
+    /// a slot was freed.
+    pub(crate) fn notify_finished(&self, workflow_id: &str, queue: Option<&str>) {
+        self.notify(WakeKey::Completion(workflow_id.to_string()));
+        self.notify(WakeKey::Status(workflow_id.to_string()));
+        if let Some(q) = queue
+            && self.queue_has_concurrency_limit(q)
+        {
+            self.notify(WakeKey::Queue(q.to_string()));
+        }
     }
 
     /// Waits until the run is terminal and returns it; `Ok(None)` on timeout.
+    ///
+    /// A run that does not exist is [`Error::UnknownRun`] (also if it is deleted while awaited).
+    /// Wake-ups come from the completion's notification; lost notifications are covered by the
+    /// fallback poll.
     pub async fn await_outcome(
         &self,
         workflow_id: &str,
         timeout: Option<Duration>,
     ) -> Result<Option<WorkflowStatus>> {
-        let _ = (workflow_id, timeout);
-        todo!("await_outcome")
+        validate_text("workflow id", workflow_id)?;
+        self.wait_for(
+            WakeKey::Completion(workflow_id.to_string()),
+            timeout,
+            || async move {
+                match self.status(workflow_id).await? {
+                    None => Err(Error::UnknownRun(workflow_id.to_string())),
+                    Some(s) if s.state.is_terminal() => Ok(Some(s)),
+                    Some(_) => Ok(None),
+                }
+            },
+        )
+        .await
     }
 
-    /// Merges keys into the run's attributes (JSON object merge).
+    /// Merges keys into the run's attributes (JSON object merge: top-level keys of `attributes`
+    /// replace the stored ones, other stored keys stay).
     pub async fn merge_attributes(
         &self,
         workflow_id: &str,
         attributes: &serde_json::Value,
     ) -> Result<()> {
-        let _ = (workflow_id, attributes);
-        todo!("merge_attributes")
+        validate_text("workflow id", workflow_id)?;
+        if !attributes.is_object() {
+            return Err(Error::InvalidName {
+                what: "attributes",
+                value: attributes.to_string().chars().take(80).collect(),
+                reason: "must be a JSON object",
+            });
+        }
+        self.check_size("attributes", &attributes.to_string())?;
+        let now = crate::now_ms();
+        let sql = self.sql(
+            "UPDATE {s}.workflow_status
+                SET attributes = COALESCE(attributes, '{}'::jsonb) || $2, updated_at = $3
+              WHERE workflow_uuid = $1",
+        );
+        let done = self
+            .retry("merge attributes", || {
+                sqlx::query(&sql)
+                    .bind(workflow_id)
+                    .bind(attributes)
+                    .bind(now)
+                    .execute(self.pool())
+            })
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::UnknownRun(workflow_id.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The (status, output, error) columns an outcome is stored as.
+fn outcome_columns(outcome: &Outcome) -> (RunState, Option<&str>, Option<&str>) {
+    match outcome {
+        Outcome::Success(o) => (RunState::Success, Some(o.as_str()), None),
+        Outcome::Error(e) => (RunState::Error, None, Some(e.as_str())),
+        Outcome::Cancelled(r) => (RunState::Cancelled, None, r.as_deref()),
     }
 }
