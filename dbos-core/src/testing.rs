@@ -30,6 +30,8 @@ pub fn fresh_schema() -> String {
 pub fn test_config() -> Config {
     let mut config = Config::new(test_database_url(), fresh_schema());
     config.fallback_poll_interval = Duration::from_millis(500);
+    // Many tests run at once against one server: keep each pool small.
+    config.max_connections = 5;
     config
 }
 

@@ -1,0 +1,439 @@
+//! Temporal's own example programs, unchanged, on our crates and Postgres.
+//!
+//! Each test builds the example (once per test binary; see `example_binaries`), creates a fresh
+//! database, starts the example's worker with `TEMPORAL_ADDRESS=<database URL>`, runs its
+//! starter, and checks what the example's README (or, where the README shows no output, its
+//! starter and worker code) promises: the exact lines, the starter's exit status, and a worker
+//! that is still running and never panicked.
+//!
+//! Run them with `scripts/test.sh` (the whole workspace), or alone after `scripts/pg.sh start`:
+//! `DBOSIFY_TEST_DATABASE_URL=$(scripts/pg.sh url) cargo test -p conformance-tests --test examples`.
+//! Logs of every worker and starter land in `target/conformance/logs/`.
+
+use std::time::Duration;
+
+use conformance_tests::{CompletedProcess, ExampleRun, ManagedProcess};
+
+/// How long a starter may take (each example finishes in a few seconds on a Temporal server).
+const STARTER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long to wait for a line the worker prints.
+const WORKER_LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Prepares `example`, starts its worker and runs its starter with `args`.
+fn run_example(
+    example: &str,
+    label: &str,
+    starter_args: &[&str],
+) -> (ExampleRun, ManagedProcess, CompletedProcess) {
+    let run = ExampleRun::with_label(example, label)
+        .unwrap_or_else(|e| panic!("preparing example {example}:\n{e}"));
+    let worker = run
+        .spawn_worker()
+        .unwrap_or_else(|e| panic!("starting the {example} worker:\n{e}"));
+    let starter = run
+        .run_starter(starter_args, STARTER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("running the {example} starter:\n{e}"));
+    (run, worker, starter)
+}
+
+/// Both processes' reports, for assertion messages.
+fn report(worker: &ManagedProcess, starter: &CompletedProcess) -> String {
+    format!("{}\n{}", starter.describe(), worker.describe())
+}
+
+/// The starter exited 0 on its own, without panicking.
+fn assert_starter_succeeded(worker: &ManagedProcess, starter: &CompletedProcess) {
+    assert!(
+        starter.success() && !starter.panicked(),
+        "the starter must exit 0\n{}",
+        report(worker, starter)
+    );
+}
+
+/// The worker is still serving and never panicked.
+fn assert_worker_healthy(worker: &mut ManagedProcess, starter: &CompletedProcess) {
+    let running = worker.is_running();
+    let panic = worker.check_no_panic();
+    assert!(
+        running && panic.is_ok(),
+        "the worker must keep running without panicking (running: {running})\n{}",
+        report(worker, starter)
+    );
+}
+
+/// Each of `expected` is a whole stdout line of the starter, in this order.
+fn assert_stdout_lines_in_order(
+    worker: &ManagedProcess,
+    starter: &CompletedProcess,
+    expected: &[&str],
+) {
+    let lines = starter.stdout_lines();
+    let mut from = 0;
+    for want in expected {
+        match lines[from..].iter().position(|line| line == want) {
+            Some(at) => from += at + 1,
+            None => panic!(
+                "the starter must print the line {want:?} (after the lines before it in {expected:?})\n{}",
+                report(worker, starter)
+            ),
+        }
+    }
+}
+
+/// The starter printed `Started workflow, run_id: Some("...")` (the run id is the server's).
+fn assert_started_line(worker: &ManagedProcess, starter: &CompletedProcess) {
+    assert!(
+        starter
+            .stdout_line_starting_with("Started workflow, run_id: Some(\"")
+            .is_some(),
+        "the starter must print the started workflow's run id\n{}",
+        report(worker, starter)
+    );
+}
+
+/// The worker printed `expected` as a whole line (waiting briefly: it may lag the starter).
+fn assert_worker_line(worker: &mut ManagedProcess, starter: &CompletedProcess, expected: &str) {
+    if let Err(e) = worker.wait_for_exact_line(expected, WORKER_LINE_TIMEOUT) {
+        panic!(
+            "the worker must print the line {expected:?}: {e}\n{}",
+            starter.describe()
+        );
+    }
+}
+
+/// The starter took at least `min` (the workflow's durable timers really waited).
+fn assert_took_at_least(worker: &ManagedProcess, starter: &CompletedProcess, min: Duration) {
+    assert!(
+        starter.elapsed >= min,
+        "the starter finished in {:?}, but the workflow's timers alone take {min:?}\n{}",
+        starter.elapsed,
+        report(worker, starter)
+    );
+}
+
+/// README: the starter prints `Workflow result: Hello, Temporal!`.
+#[test]
+fn hello_world() {
+    let (_run, mut worker, starter) = run_example("hello_world", "hello_world", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(&worker, &starter, &["Workflow result: Hello, Temporal!"]);
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Worker started on task queue: hello-world",
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: the starter prints `Workflow result: race_winner=activity, timer_cancelled=true`.
+/// The workflow first sleeps on a 1 s timer.
+#[test]
+fn timer_examples() {
+    let (_run, mut worker, starter) = run_example("timer_examples", "timer_examples", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &["Workflow result: race_winner=activity, timer_cancelled=true"],
+    );
+    assert_took_at_least(&worker, &starter, Duration::from_secs(1));
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Worker started on task queue: timer-examples",
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: the starter prints `Workflow result: Condition met on attempt 3`. Attempts 1 and 2
+/// are each followed by a 1 s timer.
+#[test]
+fn polling() {
+    let (_run, mut worker, starter) = run_example("polling", "polling", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &["Workflow result: Condition met on attempt 3"],
+    );
+    assert_took_at_least(&worker, &starter, Duration::from_secs(2));
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Worker started on task queue: polling",
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: "By default, all bookings succeed." The starter prints the bookings with `{:?}` and
+/// no compensation runs.
+#[test]
+fn saga() {
+    let (_run, mut worker, starter) = run_example("saga", "saga", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &[r#"Bookings: ["hotel-trip-123", "flight-trip-123", "car-trip-123"]"#],
+    );
+    assert!(
+        !worker.stdout().contains("Cancelled"),
+        "no compensation may run when every booking succeeds\n{}",
+        report(&worker, &starter)
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: `saga-starter -- fail-trip` triggers a failure "and see compensations run". The car
+/// booking fails (non-retryable) for a trip id containing "fail"; the workflow compensates the
+/// flight, then the hotel (reverse order; the worker prints each), and fails. The starter
+/// catches the failure, prints it, and still exits 0.
+#[test]
+fn saga_fail_trip() {
+    let (_run, mut worker, starter) = run_example("saga", "saga_fail_trip", &["fail-trip"]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert!(
+        starter
+            .stdout_line_starting_with(
+                "Workflow failed (compensations were run): Workflow failed: "
+            )
+            .is_some(),
+        "the starter must report the workflow's failure (a failed outcome, not another error)\n{}",
+        report(&worker, &starter)
+    );
+    assert!(
+        starter.stdout_line_starting_with("Bookings:").is_none(),
+        "the trip must not be booked\n{}",
+        report(&worker, &starter)
+    );
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Cancelled hotel booking: hotel-fail-trip",
+    );
+    let out = worker.stdout();
+    let flight = out.find("Cancelled flight booking: flight-fail-trip\n");
+    let hotel = out.find("Cancelled hotel booking: hotel-fail-trip\n");
+    assert!(
+        matches!((flight, hotel), (Some(f), Some(h)) if f < h),
+        "the flight must be compensated, then the hotel\n{}",
+        report(&worker, &starter)
+    );
+    assert!(
+        !out.contains("Cancelled car booking"),
+        "the car was never booked, so it is not compensated\n{}",
+        report(&worker, &starter)
+    );
+    assert_eq!(
+        out.matches("Cancelled ").count(),
+        2,
+        "each compensation runs exactly once\n{}",
+        report(&worker, &starter)
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: "The starter should print both the remote and local activity results"; the starter
+/// prints them as `Remote activity result: ...` and `Local activity result: ...`, and both run
+/// the same greeting activity on "Temporal".
+#[test]
+fn local_activities() {
+    let (_run, mut worker, starter) = run_example("local_activities", "local_activities", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &[
+            "Remote activity result: Hello, Temporal!",
+            "Local activity result: Hello, Temporal!",
+        ],
+    );
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Worker started on task queue: local-activities",
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: the starter prints `Workflow result: Completed 10 steps`. The activity sleeps 100 ms
+/// per step and heartbeats after each.
+#[test]
+fn activity_heartbeating() {
+    let (_run, mut worker, starter) =
+        run_example("activity_heartbeating", "activity_heartbeating", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(&worker, &starter, &["Workflow result: Completed 10 steps"]);
+    assert_took_at_least(&worker, &starter, Duration::from_secs(1));
+    assert_worker_line(
+        &mut worker,
+        &starter,
+        "Worker started on task queue: activity-heartbeating",
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: "Expected worker output includes logs for the matched `greet` activity input and
+/// output, plus a generic log for the other activity type." The interceptor prints the typed
+/// request and response with `{:?}`, and the other activity's type name. The starter prints both
+/// activities' messages.
+#[test]
+fn activity_interceptor() {
+    let (_run, mut worker, starter) =
+        run_example("activity_interceptor", "activity_interceptor", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &["Workflow result: Hello, Temporal! HELLO, TEMPORAL!"],
+    );
+    for line in [
+        "Worker started on task queue: activity-interceptor",
+        r#"greet input: GreetingRequest { name: "Temporal" }"#,
+        r#"greet output: GreetingResponse { message: "Hello, Temporal!" }"#,
+        "running activity: GreetingActivities::shout",
+    ] {
+        assert_worker_line(&mut worker, &starter, line);
+    }
+    let out = worker.stdout();
+    assert!(
+        !out.contains(" failed: "),
+        "no activity may fail\n{}",
+        report(&worker, &starter)
+    );
+    let input = out.find("greet input:");
+    let output = out.find("greet output:");
+    let shout = out.find("running activity: GreetingActivities::shout");
+    assert!(
+        matches!((input, output, shout), (Some(i), Some(o), Some(s)) if i < o && o < s),
+        "the interceptor wraps greet (input, then output) before shout runs\n{}",
+        report(&worker, &starter)
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: "The starter signals, queries, and updates the workflow, then prints the final
+/// result." The signal adds 5, the query then reads 5, the update sets 10 and returns the old 5,
+/// and the workflow (waiting for the counter to reach 10) completes with 10.
+#[test]
+fn message_passing() {
+    let (_run, mut worker, starter) = run_example("message_passing", "message_passing", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &[
+            "Sent signal: increment(5)",
+            "Query result: counter = 5",
+            "Update result: old counter = 5",
+            "Workflow result: 10",
+        ],
+    );
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// README: the starter sets a deadline 1 hour out, then signals a new deadline 2 s from now;
+/// "The workflow should complete shortly after the signal." The starter prints the new deadline,
+/// reads it back with a query, and prints the result, which names the deadline that fired.
+#[test]
+fn updatable_timer() {
+    let (_run, mut worker, starter) = run_example("updatable_timer", "updatable_timer", &[]);
+    assert_starter_succeeded(&worker, &starter);
+    assert_started_line(&worker, &starter);
+    let field = |prefix: &str| -> u64 {
+        starter
+            .stdout_line_starting_with(prefix)
+            .and_then(|line| line[prefix.len()..].trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the starter must print {prefix:?} followed by a number\n{}",
+                    report(&worker, &starter)
+                )
+            })
+    };
+    let initial = field("Initial deadline: ");
+    let updated = field("Updated deadline to: ");
+    assert!(
+        initial > updated,
+        "the initial deadline is an hour out, the update 2 s out\n{}",
+        report(&worker, &starter)
+    );
+    assert_stdout_lines_in_order(
+        &worker,
+        &starter,
+        &[
+            &format!("Initial deadline: {initial}"),
+            &format!("Updated deadline to: {updated}"),
+            &format!("Current deadline: {updated}"),
+            &format!("Workflow result: Timer fired at deadline {updated}"),
+        ],
+    );
+    // It waited for the new deadline (2 s after the signal), not the hour.
+    assert_took_at_least(&worker, &starter, Duration::from_millis(1500));
+    assert_worker_healthy(&mut worker, &starter);
+}
+
+/// Kill and recover: the worker is SIGKILLed while the workflow runs (the starter is waiting for
+/// the result) and a new worker process takes over. However far the first worker got, the
+/// starter still gets `Workflow result: Completed 10 steps`.
+#[test]
+fn activity_heartbeating_survives_a_killed_worker() {
+    let run = ExampleRun::with_label("activity_heartbeating", "activity_heartbeating_kill")
+        .unwrap_or_else(|e| panic!("preparing example activity_heartbeating:\n{e}"));
+    let mut worker = run
+        .spawn_worker()
+        .unwrap_or_else(|e| panic!("starting the worker:\n{e}"));
+    worker
+        .wait_for_exact_line(
+            "Worker started on task queue: activity-heartbeating",
+            WORKER_LINE_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut starter = run
+        .spawn_starter(&[])
+        .unwrap_or_else(|e| panic!("starting the starter:\n{e}"));
+    starter
+        .wait_for_line_containing("Started workflow, run_id:", STARTER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", worker.describe()));
+    // The activity heartbeats every 100 ms for 1 s: kill the worker in the middle of it.
+    std::thread::sleep(Duration::from_millis(400));
+    worker.kill().expect("worker killed");
+    worker.restart().expect("worker restarted");
+
+    let status = starter
+        .wait_exit(STARTER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", worker.describe()));
+    let report = format!("{}\n{}", starter.describe(), worker.describe());
+    assert!(status.success(), "the starter must exit 0\n{report}");
+    assert!(
+        starter
+            .stdout()
+            .lines()
+            .any(|line| line == "Workflow result: Completed 10 steps"),
+        "the restarted worker must finish the workflow\n{report}"
+    );
+    assert!(
+        worker.is_running(),
+        "the restarted worker keeps serving\n{report}"
+    );
+    worker.check_no_panic().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The product's promise covers every example in the package, not just the ones run above:
+/// all of them must compile, unchanged, against our crates.
+#[test]
+fn every_upstream_example_compiles_against_our_crates() {
+    if let Err(e) = conformance_tests::build_all_once(conformance_tests::SdkFlavor::Compat) {
+        panic!("every upstream example must compile against temporal-compat:\n{e}");
+    }
+}
