@@ -278,6 +278,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnection backoff of the LISTEN and sender connections: first and largest delay.
 const RECONNECT_FIRST: Duration = Duration::from_millis(20);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Least time between the starts of two hint batches. The first hint after a quiet period goes
+/// out at once (no added latency); under load, hints gathered meanwhile share one NOTIFY
+/// transaction, so the sender costs the server at most `1 s / HINT_MIN_INTERVAL` transactions
+/// per second however busy the process is.
+const HINT_MIN_INTERVAL: Duration = Duration::from_micros(1000);
 
 /// Opens a fresh LISTEN connection on its own single-connection pool (never the shared pool:
 /// it must not hold one of the pool's slots, and a dead one is simply dropped).
@@ -430,6 +435,7 @@ async fn send_loop(
     let mut conn: Option<PgConnection> = None;
     let mut batch: Vec<String> = Vec::new();
     let mut backoff = RECONNECT_FIRST;
+    let mut last_batch: Option<Instant> = None;
     loop {
         if batch.is_empty() {
             tokio::select! {
@@ -437,6 +443,14 @@ async fn send_loop(
                     Some(p) => batch.push(p),
                     None => return,
                 },
+                _ = shutdown.changed() => return,
+            }
+        }
+        if let Some(next) = last_batch.map(|t| t + HINT_MIN_INTERVAL)
+            && next > Instant::now()
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -459,6 +473,7 @@ async fn send_loop(
             backoff = RECONNECT_FIRST;
         }
         let Some(c) = conn.as_mut() else { continue };
+        last_batch = Some(Instant::now());
         match send_batch(c, &channel, &batch).await {
             Ok(()) => {
                 shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);

@@ -618,13 +618,12 @@ async fn run(args: &Args, target: &Target) -> Res<()> {
         let p50 = e2e.pct(0.5);
         report.add(
             name,
-            format!(
-                "p50 {:.3} / p99 {:.3} ms",
-                ms(p50),
-                ms(e2e.pct(0.99))
-            ),
+            format!("p50 {:.3} / p99 {:.3} ms", ms(p50), ms(e2e.pct(0.99))),
             format!("{:.2}x bare commit", ms(p50) / bare_ms),
-            format!("{} ({hints} hints)", per_op(after - before - 1, n_msgs as u64)),
+            format!(
+                "{} ({hints} hints)",
+                per_op(after - before - 1, n_msgs as u64)
+            ),
             if cross {
                 verdict(p50 <= Duration::from_millis(1), "p50 <= 1 ms")
             } else {
@@ -632,7 +631,10 @@ async fn run(args: &Args, target: &Target) -> Res<()> {
             },
         );
         report.add(
-            &format!("  of which send() ({})", if cross { "separate" } else { "one" }),
+            &format!(
+                "  of which send() ({})",
+                if cross { "separate" } else { "one" }
+            ),
             format!(
                 "p50 {:.3} / p99 {:.3} ms",
                 ms(send_only.pct(0.5)),
@@ -644,8 +646,66 @@ async fn run(args: &Args, target: &Target) -> Res<()> {
         );
     }
 
+    // The notifier alone: a hint published on one handle wakes a waiter of another handle
+    // (no data written): the share of the message latency that is the hint's trip.
+    let a = open(target).await?;
+    let b = open(target).await?;
+    settle().await;
+    let before = commits(target).await?;
+    let hop = hint_hop(&a, &b, n_msgs).await?;
+    let hints = a.notifier_stats().batches_sent;
+    a.close().await;
+    b.close().await;
+    settle().await;
+    let after = commits(target).await?;
+    report.add(
+        "hint hop: notify -> other handle wakes",
+        format!(
+            "p50 {:.3} / p99 {:.3} ms",
+            ms(hop.pct(0.5)),
+            ms(hop.pct(0.99))
+        ),
+        format!("{:.2}x bare commit", ms(hop.pct(0.5)) / bare_ms),
+        format!(
+            "{} ({hints} hints)",
+            per_op(after - before - 1, n_msgs as u64)
+        ),
+        "-".into(),
+    );
+
     report.print();
     Ok(())
+}
+
+/// One handle publishes a hint, a waiter on another handle wakes: notify -> wake latency.
+async fn hint_hop(a: &SystemDatabase, b: &SystemDatabase, n: usize) -> Res<Lat> {
+    let key = dbos_core::WakeKey::Message("hint-hop".into());
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (woke_tx, mut woke_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let waiter_task = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let waiter = b.register_waiter(key.clone());
+                let _ = ready_tx.send(());
+                waiter
+                    .wait(Some(tokio::time::Instant::now() + Duration::from_secs(10)))
+                    .await;
+                let _ = woke_tx.send(Instant::now());
+            }
+        })
+    };
+    let mut lat = Lat::default();
+    for _ in 0..n {
+        ready_rx.recv().await.ok_or("waiter stopped")?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t0 = Instant::now();
+        a.notify(key.clone());
+        let at = woke_rx.recv().await.ok_or("waiter stopped")?;
+        lat.samples.push(at.duration_since(t0));
+    }
+    waiter_task.await?;
+    Ok(lat)
 }
 
 fn verdict(ok: bool, target: &str) -> String {
@@ -684,7 +744,8 @@ async fn queue_scenario(db: SystemDatabase, n: u64) -> Res<f64> {
     const COMPLETERS: usize = 16;
     let mut claimers = Vec::new();
     for c in 0..CLAIMERS {
-        let (db, queues, tx, completed) = (db.clone(), queues.clone(), tx.clone(), completed.clone());
+        let (db, queues, tx, completed) =
+            (db.clone(), queues.clone(), tx.clone(), completed.clone());
         claimers.push(tokio::spawn(async move {
             let executor = format!("bench-exec-{c}");
             while completed.load(Ordering::Relaxed) < n {

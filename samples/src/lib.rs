@@ -1,1 +1,0 @@
-//! Samples (work in progress).
