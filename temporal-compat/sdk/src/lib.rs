@@ -19,6 +19,8 @@
 //!   it, stored as dbos-core checkpoints; every fact is written before workflow code sees it,
 //!   and recovery replays the history on a fresh instance.
 
+#![warn(missing_docs)]
+
 extern crate self as temporalio_sdk;
 
 pub mod activities;

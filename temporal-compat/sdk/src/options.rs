@@ -320,3 +320,25 @@ impl WorkerOptions {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_options_are_reported() {
+        let o = WorkerOptions::new("q").build();
+        assert_eq!(
+            o.unsupported(),
+            vec!["At least one workflow or activity must be registered".to_string()]
+        );
+        let o = WorkerOptions::new("q")
+            .max_worker_activities_per_second(10.0)
+            .max_task_queue_activities_per_second(5.0)
+            .build();
+        let problems = o.unsupported();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[1].contains("max_task_queue_activities_per_second"));
+        assert!(problems[2].contains("max_worker_activities_per_second"));
+    }
+}
