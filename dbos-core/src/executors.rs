@@ -313,12 +313,38 @@ impl SystemDatabase {
     /// executor has no row) are taken over. The lease task of a registered executor calls this
     /// with its own lease.
     pub async fn take_over_lapsed_with(&self, taker: &str, orphan_after: Duration) -> Result<u64> {
+        self.take_over(taker, orphan_after, &[]).await
+    }
+
+    /// Takes over the runs of executors known to be dead (for example a worker on this host whose
+    /// process no longer exists) without waiting for their leases to lapse, together with any
+    /// lapsed executors. Their PENDING runs go back to their queues exactly as in
+    /// [`SystemDatabase::take_over_lapsed`]. Returns how many runs were moved.
+    pub async fn take_over_executors(&self, taker: &str, dead: &[String]) -> Result<u64> {
+        for id in dead {
+            validate_text("executor id", id)?;
+        }
+        let lease = known_lease(self, taker).unwrap_or(DEFAULT_LEASE);
+        self.take_over(taker, lease, dead).await
+    }
+
+    /// The registered executors and their lease expiry times (epoch ms).
+    pub async fn list_executors(&self) -> Result<Vec<(String, i64)>> {
+        let sql = self.sql("SELECT executor_id, lease_expires_at_ms FROM {s}.dbosify_executors");
+        self.retry("list executors", || {
+            sqlx::query_as(&sql).fetch_all(self.pool())
+        })
+        .await
+    }
+
+    async fn take_over(&self, taker: &str, orphan_after: Duration, dead: &[String]) -> Result<u64> {
         validate_text("executor id", taker)?;
         let now = crate::now_ms();
         let sql = self.sql(
             "WITH dead AS (
                 SELECT executor_id FROM {s}.dbosify_executors
-                 WHERE lease_expires_at_ms < $1 AND executor_id <> $2
+                 WHERE (lease_expires_at_ms < $1 OR executor_id = ANY($4::text[]))
+                   AND executor_id <> $2
                  FOR UPDATE SKIP LOCKED),
              gone AS (
                 DELETE FROM {s}.dbosify_executors
@@ -352,6 +378,7 @@ impl SystemDatabase {
                     .bind(now)
                     .bind(taker)
                     .bind(millis(orphan_after))
+                    .bind(dead)
                     .fetch_all(self.pool())
             })
             .await?;

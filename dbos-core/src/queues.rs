@@ -1,5 +1,5 @@
 //! Queues and claiming: workers claim ENQUEUED runs of their queues with
-//! `FOR UPDATE SKIP LOCKED`, within per-worker and global concurrency limits and a rate limit.
+//! `FOR NO KEY UPDATE SKIP LOCKED`, within per-worker and global concurrency limits and a rate limit.
 //!
 //! # Claiming
 //!
@@ -24,12 +24,16 @@
 //! keeps claiming; if it stops, its PENDING runs are recovered by the usual rules (restart with
 //! the same id, or takeover when its lease lapses).
 //!
+//! Rows are locked `FOR NO KEY UPDATE`, not `FOR UPDATE`: inserting a message for a run takes a
+//! `FOR KEY SHARE` lock on its row (the foreign-key check), which conflicts with `FOR UPDATE`, so a
+//! run being signalled at the moment of its enqueue would be skipped and its wake-up wasted.
+//!
 //! Due DELAYED runs go straight to PENDING when claimed (there is no separate promotion pass
 //! that would cost a second statement); they compete with ENQUEUED runs by priority and
 //! creation time.
 //!
 //! * Queues without limits (no row in `queues`, or a row without limits): one statement, one
-//!   round trip, no lock: `UPDATE … WHERE workflow_uuid IN (SELECT … FOR UPDATE SKIP LOCKED)`.
+//!   round trip, no lock: `UPDATE … WHERE workflow_uuid IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED)`.
 //! * Queues with a global `concurrency` or a `rate_limit`: one transaction that first takes
 //!   `pg_advisory_xact_lock(hashtext(schema ‖ queue))`, so claimers of that queue in every
 //!   process are serialized, then counts PENDING runs of the queue, PENDING runs held by this
@@ -642,13 +646,13 @@ impl SystemDatabase {
                  WHERE queue_name = ANY($3) AND status = 'ENQUEUED'
                  ORDER BY priority, created_at
                  LIMIT $4
-                 FOR UPDATE SKIP LOCKED),
+                 FOR NO KEY UPDATE SKIP LOCKED),
              d AS (
                 SELECT workflow_uuid, priority, created_at FROM {{s}}.workflow_status
                  WHERE status = 'DELAYED' AND delay_until_epoch_ms <= $2 AND queue_name = ANY($3)
                  ORDER BY priority, created_at
                  LIMIT $4
-                 FOR UPDATE SKIP LOCKED),
+                 FOR NO KEY UPDATE SKIP LOCKED),
              pick AS (
                 SELECT workflow_uuid FROM (SELECT * FROM e UNION ALL SELECT * FROM d) c
                  ORDER BY priority, created_at
@@ -707,13 +711,13 @@ impl SystemDatabase {
                  WHERE queue_name = $3 AND status = 'ENQUEUED'
                  ORDER BY priority, created_at
                  LIMIT (SELECT n FROM budget)
-                 FOR UPDATE SKIP LOCKED),
+                 FOR NO KEY UPDATE SKIP LOCKED),
              d AS (
                 SELECT workflow_uuid, priority, created_at FROM {{s}}.workflow_status
                  WHERE status = 'DELAYED' AND delay_until_epoch_ms <= $2 AND queue_name = $3
                  ORDER BY priority, created_at
                  LIMIT (SELECT n FROM budget)
-                 FOR UPDATE SKIP LOCKED),
+                 FOR NO KEY UPDATE SKIP LOCKED),
              pick AS (
                 SELECT workflow_uuid FROM (SELECT * FROM e UNION ALL SELECT * FROM d) c
                  ORDER BY priority, created_at

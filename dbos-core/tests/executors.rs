@@ -350,3 +350,70 @@ async fn register_executor_rejects_bad_options() -> Result<()> {
     assert_eq!(executor_rows(&db, "A").await?, 0);
     Ok(())
 }
+
+/// A worker known to be dead (e.g. its process is gone) is taken over at once, without waiting
+/// for its lease to lapse, and a live executor is left alone.
+#[tokio::test]
+async fn executors_declared_dead_are_taken_over_at_once() {
+    let db = dbos_core::testing::fresh_database().await.expect("connect");
+    let mut long = ExecutorOptions::new("dead-worker");
+    long.lease = Duration::from_secs(600);
+    let dead = db
+        .register_executor(long.clone())
+        .await
+        .expect("register dead");
+    let mut live_opts = long;
+    live_opts.executor_id = "live-worker".into();
+    let live = db
+        .register_executor(live_opts)
+        .await
+        .expect("register live");
+    for i in 0..3 {
+        db.enqueue(EnqueueRequest::new(format!("d{i}"), "wf", "q", "{}"))
+            .await
+            .expect("enqueue");
+    }
+    let held = db
+        .claim("dead-worker", &["q".to_string()], 2)
+        .await
+        .expect("claim dead");
+    assert_eq!(held.len(), 2);
+    let kept = db
+        .claim("live-worker", &["q".to_string()], 1)
+        .await
+        .expect("claim live");
+    assert_eq!(kept.len(), 1);
+    let listed = db.list_executors().await.expect("list");
+    assert!(listed.iter().any(|(id, _)| id == "dead-worker"));
+    let moved = db
+        .take_over_executors("taker", &["dead-worker".to_string()])
+        .await
+        .expect("take over");
+    assert_eq!(moved, 2, "only the dead executor's runs move");
+    let listed = db.list_executors().await.expect("list");
+    assert!(
+        !listed.iter().any(|(id, _)| id == "dead-worker"),
+        "dead executor row removed"
+    );
+    assert!(
+        listed.iter().any(|(id, _)| id == "live-worker"),
+        "live executor untouched"
+    );
+    let again = db
+        .claim("taker", &["q".to_string()], 10)
+        .await
+        .expect("claim again");
+    let mut ids: Vec<_> = again.iter().map(|s| s.workflow_id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<_> = held.iter().map(|s| s.workflow_id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    let live_run = db
+        .status(&kept[0].workflow_id)
+        .await
+        .expect("status")
+        .expect("exists");
+    assert_eq!(live_run.executor_id.as_deref(), Some("live-worker"));
+    drop(dead);
+    live.shutdown().await;
+}

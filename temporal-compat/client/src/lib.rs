@@ -498,6 +498,17 @@ fn refuse_start_options(o: &WorkflowStartOptions) -> Result<(), WorkflowStartErr
             "cron_schedule is not supported by DBOSify yet; use a schedule or a loop with timers",
         ));
     }
+    if o.execution_timeout.is_some() || o.run_timeout.is_some() {
+        return Err(invalid(
+            "workflow execution_timeout and run_timeout are not supported by DBOSify yet; \
+             race the work against ctx.timer inside the workflow instead",
+        ));
+    }
+    if o.retry_policy.is_some() {
+        return Err(invalid(
+            "a workflow retry_policy is not supported by DBOSify yet (activity retry policies are)",
+        ));
+    }
     if !o.links.is_empty() || !o.completion_callbacks.is_empty() {
         return Err(invalid(
             "links and completion_callbacks (Nexus) are not supported by DBOSify",

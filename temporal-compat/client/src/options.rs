@@ -350,9 +350,9 @@ pub enum WorkflowIdConflictPolicy {
 ///
 /// Stored in the run's attributes and honoured by the client: `id_reuse_policy`,
 /// `id_conflict_policy`, `search_attributes`, `memo`, `header`, `priority.priority_key` (queue
-/// order), `static_summary`, `static_details`. Recorded for the worker to enforce:
-/// `execution_timeout`, `run_timeout`, `retry_policy`. Recorded without effect: `task_timeout`,
+/// order), `static_summary`, `static_details`. Recorded without effect: `task_timeout`,
 /// `enable_eager_workflow_start`. Refused (the start fails with `InvalidArgument`):
+/// `execution_timeout`, `run_timeout`, `retry_policy` (not yet enforced by the worker),
 /// `cron_schedule`, non-empty `links`/`completion_callbacks`, `versioning_override`,
 /// `priority.fairness_key`/`fairness_weight`, non-empty `rpc_options.metadata`.
 #[derive(Debug, Clone, bon::Builder)]
@@ -371,9 +371,9 @@ pub struct WorkflowStartOptions {
     /// Conflict with a running workflow of the same id.
     #[builder(default)]
     pub id_conflict_policy: WorkflowIdConflictPolicy,
-    /// Timeout of the whole execution chain.
+    /// Refused: timeout of the whole execution chain (not yet enforced).
     pub execution_timeout: Option<Duration>,
-    /// Timeout of each run.
+    /// Refused: timeout of each run (not yet enforced).
     pub run_timeout: Option<Duration>,
     /// Workflow task timeout (no effect: a held run has no task timeout; dead workers are
     /// detected by their lease).
@@ -385,7 +385,7 @@ pub struct WorkflowStartOptions {
     /// No effect (starts are always queued).
     #[builder(default)]
     pub enable_eager_workflow_start: bool,
-    /// Workflow retry policy.
+    /// Refused: workflow retry policy (not yet enforced; activity retry policies are).
     #[builder(into)]
     pub retry_policy: Option<RetryPolicy>,
     /// Refused when non-empty.

@@ -177,7 +177,7 @@ async fn start_enqueues_the_first_run_with_decodable_input_and_attributes() {
         ]))
         .memo(memo)
         .static_summary("summary".to_string())
-        .run_timeout(Duration::from_secs(30))
+        .task_timeout(Duration::from_secs(30))
         .build();
     let handle = client
         .start_workflow(Greet, "Temporal".to_string(), opts)
@@ -206,7 +206,7 @@ async fn start_enqueues_the_first_run_with_decodable_input_and_attributes() {
     assert_eq!(attrs.workflow_type, "Greet");
     assert_eq!(attrs.task_queue, TQ);
     assert_eq!(attrs.identity, "tester");
-    assert_eq!(attrs.run_timeout_ms, Some(30_000));
+    assert_eq!(attrs.task_timeout_ms, Some(30_000));
     assert_eq!(attrs.sav["CustomKeyword"], serde_json::json!("v1"));
     assert_eq!(attrs.sav["CustomInt"], serde_json::json!(7));
     let sa = SearchAttributes::from_proto(
@@ -412,6 +412,43 @@ async fn start_refuses_bad_ids_and_unsupported_options() {
         matches!(&err, WorkflowStartError::Rpc(s) if s.message().contains("cron_schedule")),
         "{err:?}"
     );
+    // Workflow-level timeouts and retry policies are not enforced yet: refused, never ignored.
+    let refused = [
+        (
+            WorkflowStartOptions::new(TQ, "exec-timeout")
+                .execution_timeout(Duration::from_secs(5))
+                .build(),
+            "execution_timeout",
+        ),
+        (
+            WorkflowStartOptions::new(TQ, "run-timeout")
+                .run_timeout(Duration::from_secs(5))
+                .build(),
+            "run_timeout",
+        ),
+        (
+            WorkflowStartOptions::new(TQ, "wf-retry")
+                .retry_policy(temporalio_common_wasm::RetryPolicy::default())
+                .build(),
+            "retry_policy",
+        ),
+    ];
+    for (options, name) in refused {
+        let id = options.workflow_id.clone();
+        let err = client
+            .start_workflow(Greet, "x".into(), options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WorkflowStartError::Rpc(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains(name)),
+            "{name}: {err:?}"
+        );
+        let db = client.system_database().await.expect("db");
+        assert!(
+            db.status(&id).await.expect("status").is_none(),
+            "{name}: no run created"
+        );
+    }
 }
 
 #[tokio::test]

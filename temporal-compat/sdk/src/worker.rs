@@ -266,13 +266,10 @@ impl Worker {
                 }
                 Err(e) => warn!(error = %e, "cannot recover this worker's earlier runs"),
             }
+            take_over_dead_local_workers(&db, &self.identity).await;
         }
 
         let claim_batch = self.options.tuner.workflow_slots().clamp(1, CLAIM_BATCH);
-        // After a wake-up whose claim found nothing, re-claim a few times shortly after: dbos-core
-        // claims with `FOR UPDATE SKIP LOCKED`, which skips a just-enqueued run whose row is
-        // briefly key-share locked (a signal being inserted for it), and the wake-up is spent.
-        let mut recheck: u32 = 3;
         while !self.shutdown.is_cancelled() {
             self.held
                 .store(engine.held_runs(), std::sync::atomic::Ordering::Release);
@@ -288,16 +285,6 @@ impl Worker {
                 match db.claim(&self.identity, &queues, want).await {
                     Ok(runs) => {
                         full_batch = runs.len() == want;
-                        if runs.is_empty() && recheck > 0 {
-                            recheck -= 1;
-                            let pause = Duration::from_millis(10u64 << (2 * (2 - recheck.min(2))));
-                            tokio::select! {
-                                _ = tokio::time::sleep(pause) => {}
-                                _ = self.shutdown.cancelled() => break,
-                            }
-                            continue;
-                        }
-                        recheck = 0;
                         for s in runs {
                             threads.dispatch(&engine, s);
                         }
@@ -316,7 +303,7 @@ impl Worker {
                 continue;
             }
             tokio::select! {
-                _ = waiter.wait(CLAIM_FALLBACK) => recheck = 3,
+                _ = waiter.wait(CLAIM_FALLBACK) => {}
                 _ = self.shutdown.cancelled() => break,
                 _ = engine.changed.notified(), if free == 0 => {}
             }
@@ -343,5 +330,80 @@ impl Worker {
         executor.shutdown().await;
         info!(task_queue = %task_queue, "worker stopped");
         Ok(())
+    }
+}
+
+/// A worker killed on this host leaves its executor row behind until its lease lapses. Workers
+/// started by default are named `{pid}@{hostname}`, so a new worker on the same host can tell
+/// that such a predecessor's process is gone and take its runs over at once instead of after the
+/// lease. Executors on other hosts (or with other identities) are left to their leases.
+async fn take_over_dead_local_workers(db: &SystemDatabase, me: &str) {
+    let executors = match db.list_executors().await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %e, "cannot list executors");
+            return;
+        }
+    };
+    let host = hostname();
+    let dead: Vec<String> = executors
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| id != me && local_process_is_gone(id, &host))
+        .collect();
+    if dead.is_empty() {
+        return;
+    }
+    match db.take_over_executors(me, &dead).await {
+        Ok(moved) => info!(executors = ?dead, runs = moved, "took over runs of dead local workers"),
+        Err(e) => warn!(error = %e, "cannot take over dead local workers"),
+    }
+}
+
+/// Whether `identity` is `{pid}@{host}` for this host and no process with that pid exists.
+fn local_process_is_gone(identity: &str, host: &str) -> bool {
+    let Some((pid, id_host)) = identity.split_once('@') else {
+        return false;
+    };
+    if id_host != host {
+        return false;
+    }
+    match pid.parse::<u32>() {
+        Ok(pid) if pid != std::process::id() => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hostname, local_process_is_gone};
+
+    #[test]
+    fn only_dead_local_default_identities_count_as_gone() {
+        let host = hostname();
+        let parent = std::os::unix::process::parent_id();
+        assert!(
+            !local_process_is_gone(&format!("{parent}@{host}"), &host),
+            "live process"
+        );
+        assert!(!local_process_is_gone(
+            &format!("{}@{host}", std::process::id()),
+            &host
+        ));
+        // Beyond Linux's largest possible pid (2^22), so no such process can exist.
+        assert!(local_process_is_gone(
+            &format!("{}@{host}", 1u32 << 23),
+            &host
+        ));
+        assert!(
+            !local_process_is_gone(&format!("{}@elsewhere", 1u32 << 23), &host),
+            "other host"
+        );
+        assert!(
+            !local_process_is_gone("custom-identity", &host),
+            "not a default identity"
+        );
     }
 }
