@@ -12,7 +12,11 @@
 //! 5. starts workers and starters with `TEMPORAL_ADDRESS` set to that database, capturing their
 //!    output, and can SIGKILL and restart workers ([`process`]).
 //!
-//! [`ExampleRun`] ties these together for tests. Nothing from upstream is copied into this
+//! [`ExampleRun`] ties these together for tests. [`recovery`] holds the workflow and activities
+//! of the kill-and-recover tests (`tests/recovery.rs`, binaries `recovery_worker` and
+//! `recovery_starter`).
+//!
+//! Nothing from upstream is copied into this
 //! repository; all generated and downloaded files live under `target/conformance/`
 //! ([`paths`]).
 
@@ -24,6 +28,7 @@ pub mod example;
 pub mod paths;
 pub mod process;
 pub mod project;
+pub mod recovery;
 pub mod upstream;
 
 pub use database::TestDatabase;

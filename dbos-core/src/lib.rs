@@ -22,6 +22,7 @@ mod checkpoints;
 mod db;
 mod error;
 mod events;
+mod inbox_ops;
 mod executors;
 mod management;
 mod messages;

@@ -14,13 +14,21 @@
 //!
 //! Hints are sent after the data commit, outside the writer's transaction, batched, on a
 //! dedicated connection with `synchronous_commit = off`: a NOTIFY inside a write transaction would
-//! serialize every writer's commit on Postgres's notification-queue lock. The sender reconnects
-//! on failure; a batch that cannot be sent after one reconnection is dropped (waiters fall back
-//! to polling) rather than delaying newer hints.
+//! serialize every writer's commit on Postgres's notification-queue lock. The first hint after a
+//! quiet period goes out at once; under load, batches start at least `HINT_MIN_INTERVAL` (1 ms)
+//! apart, so hints cost the server a bounded number of (non-durable) transactions per second.
+//! The sender reconnects on failure; a batch that cannot be sent after one reconnection is
+//! dropped (waiters fall back to polling) rather than delaying newer hints. A process's own hints
+//! come back on its LISTEN connection; they are recognised by the sender's backend pid and not
+//! dispatched again (local waiters were woken when the hint was published).
+//!
+//! Cost model (per hint batch): one NOTIFY transaction on the sender (no WAL flush wait), plus
+//! one short read transaction in *every* backend listening on the namespace's channel, which
+//! Postgres runs to read its notification queue.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -107,6 +115,10 @@ struct Shared {
     fallback: Duration,
     shutdown: watch::Sender<bool>,
     counters: Counters,
+    /// Backend pid of this process's hint sender (0 while it has none). Notifications from it
+    /// are this process's own hints coming back: local waiters were woken when they were
+    /// published, so they are not dispatched again (no spurious re-probes).
+    own_sender_pid: AtomicU32,
 }
 
 impl Shared {
@@ -194,6 +206,7 @@ impl Notifier {
             fallback: config.fallback_poll_interval,
             shutdown,
             counters: Counters::default(),
+            own_sender_pid: AtomicU32::new(0),
         });
         let first = crate::db::retry_with(config, "open LISTEN connection", || {
             open_listener(options, &channel)
@@ -382,6 +395,10 @@ async fn listen_loop(
                         .counters
                         .notifications_received
                         .fetch_add(1, Ordering::Relaxed);
+                    let own = shared.own_sender_pid.load(Ordering::Relaxed);
+                    if own != 0 && n.process_id() == own {
+                        continue;
+                    }
                     if let Some(key) = WakeKey::parse(n.payload()) {
                         shared.wake(&key);
                     }
@@ -399,12 +416,23 @@ async fn listen_loop(
 async fn open_sender(options: &PgConnectOptions, shared: &Shared) -> Option<PgConnection> {
     // Hints are not data: their commit need not wait for the WAL flush.
     let options = options.clone().options([("synchronous_commit", "off")]);
+    shared.own_sender_pid.store(0, Ordering::Relaxed);
     match options.connect().await {
-        Ok(c) => {
+        Ok(mut c) => {
             shared
                 .counters
                 .sender_connects
                 .fetch_add(1, Ordering::Relaxed);
+            // Best effort: without it, own hints are merely dispatched twice.
+            match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&mut c)
+                .await
+            {
+                Ok(pid) => shared
+                    .own_sender_pid
+                    .store(u32::try_from(pid).unwrap_or(0), Ordering::Relaxed),
+                Err(e) => debug!(error = %e, "cannot read the sender's backend pid"),
+            }
             Some(c)
         }
         Err(e) => {
@@ -491,6 +519,7 @@ async fn send_loop(
                     shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
                 } else {
                     conn = None;
+                    shared.own_sender_pid.store(0, Ordering::Relaxed);
                     warn!(hints = batch.len(), "dropping notification hints");
                     shared
                         .counters

@@ -38,7 +38,8 @@ async fn waiters_wake_when_a_notification_is_lost() {
     let any_message = {
         let db = db.clone();
         tokio::spawn(async move {
-            db.wait_for_message("wf", None, Some(Duration::from_secs(30)))
+            // Its own topic: recv above consumes "t" and may do so before this probe runs.
+            db.wait_for_message("wf", Some("w"), Some(Duration::from_secs(30)))
                 .await
         })
     };
@@ -55,6 +56,12 @@ async fn waiters_wake_when_a_notification_is_lost() {
     .expect("insert event");
     sqlx::query(&format!(
         "INSERT INTO \"{schema}\".notifications (destination_uuid, topic, message) VALUES ('wf', 't', '\"psst\"')"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("insert message");
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".notifications (destination_uuid, topic, message) VALUES ('wf', 'w', '1')"
     ))
     .execute(&mut conn)
     .await

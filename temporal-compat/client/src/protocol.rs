@@ -57,6 +57,11 @@
 //! rejection also sets the completion key with the same failure), [`update_completed_key`] →
 //! [`UpdateOutcome`] JSON, [`query_answer_key`] → [`QueryAnswer`] JSON.
 //!
+//! **Queries on closed runs**: the client posts the [`QueryRequest`] to the closed run's
+//! [`QUERY_TOPIC`] as usual and publishes the hint [`closed_run_query_wake`] of the run's task
+//! queue; a worker of that queue claims the request, replays the run, answers on
+//! [`query_answer_key`].
+//!
 //! **Attributes.** `workflow_status.attributes` holds [`RunAttributes`] JSON: workflow id/type, task
 //! queue, chain info, search attributes (`sa`: payload form, lossless; `sav`: plain JSON values for
 //! querying), `memo`, `header`, retry policy, timeouts, priority, summaries.
@@ -748,6 +753,13 @@ pub fn update_completed_key(update_id: &str) -> String {
 /// Event key of a query's answer ([`QueryAnswer`]).
 pub fn query_answer_key(query_id: &str) -> String {
     format!("__temporal_query_answer:{query_id}")
+}
+
+/// The wake-up key (a [`dbos_core::WakeKey::Queue`] name) published after a query request is
+/// posted to a CLOSED run of `task_queue`: every worker of that task queue listens on it, and one
+/// of them claims the request, rebuilds the run by replay and answers it.
+pub fn closed_run_query_wake(task_queue: &str) -> String {
+    format!("__temporal_closed_query:{task_queue}")
 }
 
 /// The admission verdict of an update.

@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime};
 
-use dbos_core::{SystemDatabase, WorkflowStatus};
+use dbos_core::{SystemDatabase, WakeKey, WorkflowStatus};
 use futures::future::BoxFuture;
 use temporalio_common_wasm::data_converters::{
     DataConverter, DecodablePayloads, PayloadCodec, PayloadConversionError, RawValue,
@@ -551,9 +551,9 @@ where
         Ok(status.workflow_id)
     }
 
-    /// Queries the workflow. The query is answered by the worker holding the run; it waits up to
-    /// `rpc_options.timeout` (default 60 s). Closed workflows cannot be queried (deviation:
-    /// Temporal replays them on a worker).
+    /// Queries the workflow. An open run is answered by the worker holding it; a closed run is
+    /// rebuilt by replay on any worker of its task queue. Waits up to `rpc_options.timeout`
+    /// (default 60 s), then fails with `DeadlineExceeded` naming the task queue.
     pub async fn query<Q>(
         &self,
         query: Q,
@@ -587,16 +587,8 @@ where
                 status: Some(exec_status.into()),
             });
         }
-        if !open {
-            return Err(WorkflowQueryError::Rpc(tonic::Status::failed_precondition(
-                format!(
-                    "workflow run `{}` is closed ({:?}); DBOSify answers queries only while a \
-                     worker holds the run",
-                    status.workflow_id, exec_status
-                ),
-            )));
-        }
-        let run = status.workflow_id;
+        let run = status.workflow_id.clone();
+        let task_queue = status.queue_name.clone().unwrap_or_default();
         let query_id = uuid::Uuid::new_v4().to_string();
         let request = QueryRequest {
             query_id: query_id.clone(),
@@ -606,27 +598,44 @@ where
         };
         db.send(&run, protocol::QUERY_TOPIC, &request.encode(), None)
             .await?;
+        let wake_closed = || {
+            db.notify(WakeKey::Queue(protocol::closed_run_query_wake(&task_queue)));
+        };
+        if !open {
+            // A closed run is rebuilt by replay on any worker of its task queue.
+            wake_closed();
+        }
         let timeout = opts.rpc_options.timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + timeout;
         let key = protocol::query_answer_key(&query_id);
-        match wait_event_or_close(&db, &run, &key, Some(timeout)).await? {
-            EventWait::Value(v) => match QueryAnswer::from_text(&v)? {
+        let mut answer = None;
+        if open {
+            match wait_event_or_close(&db, &run, &key, Some(timeout)).await? {
+                EventWait::Value(v) => answer = Some(v),
+                EventWait::Closed(_) => {
+                    // Closed meanwhile: whoever claims the request answers it by replay.
+                    debug!(run = %run, "run closed while queried; asking its task queue");
+                    wake_closed();
+                }
+                EventWait::TimedOut => {}
+            }
+        }
+        if answer.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            answer = db.get_event(&run, &key, Some(left)).await?;
+        }
+        match answer {
+            Some(v) => match QueryAnswer::from_text(&v)? {
                 QueryAnswer::Answer(p) => Ok(dc.from_payloads(&wf_ctx(), p).await?),
                 QueryAnswer::Failure(f) => Err(WorkflowQueryError::Rpc(
-                    tonic::Status::invalid_argument(format!("query failed: {}", f.message)),
+                    tonic::Status::invalid_argument(f.message),
                 )),
             },
-            EventWait::Closed(s) => Err(WorkflowQueryError::Rpc(
-                tonic::Status::failed_precondition(format!(
-                    "workflow run `{}` closed before answering the query",
-                    s.workflow_id
-                )),
-            )),
-            EventWait::TimedOut => Err(WorkflowQueryError::Rpc(tonic::Status::deadline_exceeded(
+            None => Err(WorkflowQueryError::Rpc(tonic::Status::deadline_exceeded(
                 format!(
                     "no worker answered query `{}` on run `{run}` within {timeout:?} \
-                     (is a worker running on task queue `{}`?)",
+                     (is a worker running on task queue `{task_queue}`?)",
                     query.name(),
-                    status.queue_name.unwrap_or_default()
                 ),
             ))),
         }
@@ -665,6 +674,19 @@ where
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
+        self.start_update_payloads(update.name(), payloads, options)
+            .await
+    }
+
+    /// [`Self::start_update`] with the input already converted (also used by
+    /// update-with-start, whose request may already sit in the new run's inbox: the idempotent
+    /// send is then a no-op and only the admission is awaited).
+    pub(crate) async fn start_update_payloads<T>(
+        &self,
+        update_name: &str,
+        payloads: Vec<Payload>,
+        options: WorkflowStartUpdateOptions,
+    ) -> Result<WorkflowUpdateHandle<Client, T>, WorkflowUpdateError> {
         let db = self.db().await?;
         let status = self
             .target(&db)
@@ -692,7 +714,7 @@ where
         }
         let msg = InboxMessage::Update(UpdateRequest {
             update_id: update_id.clone(),
-            name: update.name().to_string(),
+            name: update_name.to_string(),
             payloads,
             headers: options.header.map(|h| h.fields).unwrap_or_default(),
             identity: self.client.identity(),

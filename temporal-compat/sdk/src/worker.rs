@@ -255,6 +255,9 @@ impl Worker {
         let _halt_guard = engine.halt.clone().drop_guard();
         let threads = WorkflowThreads::start(&engine, threads_n)
             .map_err(|e| WorkerRunError::fatal("cannot start workflow threads", e))?;
+        // Queries on closed runs of this task queue (replayed here, answered, discarded).
+        let closed_queries =
+            has_workflows.then(|| tokio::spawn(crate::engine::queries::serve(engine.clone())));
         info!(task_queue = %task_queue, identity = %self.identity, "worker started");
 
         if has_workflows {
@@ -326,6 +329,9 @@ impl Worker {
             }
         }
         engine.halt.cancel();
+        if let Some(t) = closed_queries {
+            let _ = t.await;
+        }
         let _ = tokio::task::spawn_blocking(move || threads.join()).await;
         executor.shutdown().await;
         info!(task_queue = %task_queue, "worker stopped");

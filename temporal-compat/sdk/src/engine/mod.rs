@@ -15,6 +15,7 @@
 pub(crate) mod activity;
 pub(crate) mod cache;
 pub(crate) mod children;
+pub(crate) mod queries;
 pub(crate) mod run;
 pub(crate) mod threads;
 

@@ -24,6 +24,7 @@ impl Driver {
             },
         };
         let mut queries = Vec::new();
+        let mut saw_query = false;
         debug!(run_id = %self.run_id, messages = msgs.len(), "inbox read");
         for m in msgs {
             if !self.seen.insert(m.message_id.clone()) {
@@ -64,12 +65,32 @@ impl Driver {
                     }
                 }
             } else if m.topic == QUERY_TOPIC {
-                self.consume.push(m.message_id.clone());
-                match QueryRequest::decode(&m.body) {
-                    Ok(q) => queries.push(q),
-                    Err(e) => {
-                        warn!(run_id = %self.run_id, error = %e, "dropping an undecodable query")
+                saw_query = true;
+            }
+        }
+        if saw_query {
+            // Queries are claimed at once, outside any activation: nothing about them is ever
+            // written to the run's history.
+            let run_id = self.run_id.clone();
+            match self
+                .engine
+                .call(move |db| async move { db.take_messages(&run_id, QUERY_TOPIC, 200).await })
+                .await
+            {
+                Ok(taken) => {
+                    for m in taken {
+                        self.seen.insert(m.message_id.clone());
+                        match QueryRequest::decode(&m.body) {
+                            Ok(q) => queries.push(q),
+                            Err(e) => {
+                                warn!(run_id = %self.run_id, error = %e, "dropping an undecodable query")
+                            }
+                        }
                     }
+                }
+                Err(CallError::Gone) => return Flow::Stop,
+                Err(e) => {
+                    warn!(run_id = %self.run_id, error = %e, "cannot claim query requests");
                 }
             }
         }

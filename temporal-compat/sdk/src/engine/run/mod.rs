@@ -34,6 +34,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod closed;
 mod effects;
 mod inbox;
 mod outcome;
@@ -95,55 +96,64 @@ impl Drop for HeldGuard {
         self.0.run_ended();
     }
 }
+pub(crate) use closed::answer_closed;
 
 /// Drives one claimed run until it finishes, is decided elsewhere, or the worker halts.
 pub(crate) async fn drive(engine: Arc<Engine>, status: WorkflowStatus) {
     let _held = HeldGuard(engine.clone());
-    let run_id = status.workflow_id.clone();
-    debug!(run_id = %run_id, "run task started");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let attrs = match RunAttributes::of_run(&status) {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(run_id = %run_id, error = %e, "run attributes do not decode; using defaults");
-            RunAttributes::new(
-                protocol::parse_run_id(&run_id).0,
-                status.name.clone(),
-                status.queue_name.clone().unwrap_or_default(),
-            )
-        }
-    };
-    let mut driver = Driver {
-        engine,
-        run_id,
-        status,
-        attrs,
-        history: Vec::new(),
-        last_commands: Vec::new(),
-        instance: None,
-        tx,
-        rx,
-        pending: Vec::new(),
-        consume: Vec::new(),
-        seen: HashSet::new(),
-        timers: BTreeMap::new(),
-        activities: HashMap::new(),
-        children: HashMap::new(),
-        externals: HashMap::new(),
-        accepted_updates: HashSet::new(),
-        task_failures: 0,
-        last_timestamp_ms: 0,
-        inbox_dirty: true,
-        evict: Rc::new(Notify::new()),
-        evicted: false,
-        queued_queries: Vec::new(),
-        prefetched_inbox: None,
-        factory: None,
-        init: None,
-    };
+    debug!(run_id = %status.workflow_id, "run task started");
+    let mut driver = Driver::new(engine, status);
     driver.main().await;
     cache::forget(&driver.run_id);
     driver.abort_activities();
+}
+
+impl Driver {
+    /// A driver for `status`, before anything is loaded.
+    fn new(engine: Arc<Engine>, status: WorkflowStatus) -> Self {
+        let run_id = status.workflow_id.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let attrs = match RunAttributes::of_run(&status) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(run_id = %run_id, error = %e, "run attributes do not decode; using defaults");
+                RunAttributes::new(
+                    protocol::parse_run_id(&run_id).0,
+                    status.name.clone(),
+                    status.queue_name.clone().unwrap_or_default(),
+                )
+            }
+        };
+        Driver {
+            engine,
+            run_id,
+            status,
+            attrs,
+            history: Vec::new(),
+            last_commands: Vec::new(),
+            instance: None,
+            tx,
+            rx,
+            pending: Vec::new(),
+            consume: Vec::new(),
+            seen: HashSet::new(),
+            timers: BTreeMap::new(),
+            activities: HashMap::new(),
+            children: HashMap::new(),
+            externals: HashMap::new(),
+            accepted_updates: HashSet::new(),
+            task_failures: 0,
+            last_timestamp_ms: 0,
+            inbox_dirty: true,
+            evict: Rc::new(Notify::new()),
+            evicted: false,
+            queued_queries: Vec::new(),
+            prefetched_inbox: None,
+            factory: None,
+            init: None,
+            replay_only: false,
+        }
+    }
 }
 
 struct Driver {
@@ -180,6 +190,9 @@ struct Driver {
     factory: Option<crate::registry::InstanceFactory>,
     /// The run's initialization job.
     init: Option<InitializeWorkflow>,
+    /// Rebuilt only to answer queries on a closed run: the last activation's commands are not
+    /// known (nothing followed them) and nothing is executed.
+    replay_only: bool,
 }
 
 fn job(v: Variant) -> WorkflowActivationJob {

@@ -135,7 +135,7 @@ impl Driver {
             history::order_jobs(&mut activation.jobs);
             let cmds = self.deliver(activation).await?;
             let got = history::command_keys(&cmds);
-            if got != expected {
+            if got != expected && !(self.replay_only && k + 1 == n) {
                 self.instance = None;
                 return Err(TaskFailure::nondeterminism(format!(
                     "[TMPRL1100] Nondeterminism error: rebuilding run `{}` after eviction, \
