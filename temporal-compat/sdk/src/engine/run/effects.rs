@@ -208,7 +208,7 @@ impl Driver {
                     if let Some((seq, slot)) = self.slot_for(&c, ts) {
                         self.activities.insert(seq, slot);
                     }
-                    self.start_activity(seq, false);
+                    self.start_activity(seq, self.recovering);
                 }
                 Some(Cmd::RequestCancelActivity(r)) => self.cancel_activity(r.seq, false),
                 Some(Cmd::RequestCancelLocalActivity(r)) => self.cancel_activity(r.seq, true),

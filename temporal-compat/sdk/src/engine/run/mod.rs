@@ -39,6 +39,7 @@ mod effects;
 mod inbox;
 mod outcome;
 mod replay;
+mod updates;
 
 use super::activity::{self, ActivityTask, cancelled_resolution, normalize_retry};
 use super::{CallError, Engine, cache, children, duration_of, ms_of, timestamp_ms};
@@ -124,7 +125,12 @@ impl Driver {
                 )
             }
         };
+        // A run claimed again after its worker died: the activities its last activations
+        // scheduled may have run already, so they resume from their durable attempt number and
+        // heartbeat details.
+        let recovering = status.recovery_attempts > 0;
         Driver {
+            recovering,
             engine,
             run_id,
             status,
@@ -152,6 +158,7 @@ impl Driver {
             factory: None,
             init: None,
             replay_only: false,
+            update_msgs: HashMap::new(),
         }
     }
 }
@@ -193,6 +200,13 @@ struct Driver {
     /// Rebuilt only to answer queries on a closed run: the last activation's commands are not
     /// known (nothing followed them) and nothing is executed.
     replay_only: bool,
+    /// Inbox message of each update not yet admitted (update id → message id): updates are
+    /// consumed with their admission, not with the activation that read them.
+    update_msgs: HashMap<String, String>,
+    /// Set while the run is rebuilt after a worker death, until the commands of its last
+    /// activation are executed: activities started meanwhile load their durable attempt number
+    /// and heartbeat details.
+    recovering: bool,
 }
 
 fn job(v: Variant) -> WorkflowActivationJob {
@@ -322,6 +336,8 @@ impl Driver {
             self.pending
                 .push(job(Variant::InitializeWorkflow(init.clone())));
         } else {
+            // A run with history that is claimed is being recovered (or resumed).
+            self.recovering = true;
             match self.replay(&factory, &init).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return,
@@ -621,8 +637,35 @@ impl Driver {
         }
     }
 
-    /// Records the pending facts as the next activation (one commit), then delivers it.
+    /// Records the pending facts as the next activation (one commit), then delivers it. Update
+    /// requests go through admission first ([`Self::admit_updates`]): facts before them are
+    /// activated first, then the updates alone.
     async fn activate_live(&mut self) -> Result<Flow, TaskFailure> {
+        let is_update = |j: &WorkflowActivationJob| matches!(j.variant, Some(Variant::DoUpdate(_)));
+        if !self.pending.iter().any(is_update) {
+            return self.activate_recorded().await;
+        }
+        let admissible = |j: &WorkflowActivationJob| {
+            matches!(
+                j.variant,
+                Some(Variant::DoUpdate(_)) | Some(Variant::InitializeWorkflow(_))
+            )
+        };
+        if self.pending.iter().all(admissible) {
+            return self.admit_updates().await;
+        }
+        let (updates, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(is_update);
+        self.pending = others;
+        let flow = self.activate_recorded().await;
+        let rest = std::mem::replace(&mut self.pending, updates);
+        self.pending.extend(rest);
+        flow
+    }
+
+    /// Records the pending facts as the next activation (one commit), then delivers it.
+    async fn activate_recorded(&mut self) -> Result<Flow, TaskFailure> {
         let mut jobs = std::mem::take(&mut self.pending);
         history::order_jobs(&mut jobs);
         let k = self.history.len();
@@ -711,7 +754,9 @@ impl Driver {
         self.apply_resolutions(&activation);
         let cmds = self.deliver(activation).await?;
         self.last_commands = history::command_keys(&cmds);
-        self.process_commands(cmds, ts).await
+        let flow = self.process_commands(cmds, ts).await;
+        self.recovering = false;
+        flow
     }
 }
 

@@ -74,7 +74,9 @@ impl Driver {
         let ts = ms_of(&self.history[n - 1].activation.timestamp).unwrap_or(self.last_timestamp_ms);
         self.last_commands = history::command_keys(&last_cmds);
         // The last activation's commands are live.
-        let flow = self.process_commands(last_cmds, ts).await?;
+        let flow = self.process_commands(last_cmds, ts).await;
+        self.recovering = false;
+        let flow = flow?;
         if let Flow::Stop = flow {
             return Ok(Flow::Stop);
         }
