@@ -27,6 +27,7 @@ mod errors;
 mod options;
 #[doc(hidden)]
 pub mod protocol;
+mod with_start;
 mod workflow_handle;
 
 use std::collections::HashMap;
@@ -57,10 +58,11 @@ pub use options::{
     WorkflowTerminateOptions,
 };
 pub use temporalio_common_wasm::{Memo, MemoValue, MemoValues, RetryPolicy};
+pub use with_start::{WorkflowUpdateWithStartError, WorkflowUpdateWithStartOptions};
 pub use workflow_handle::{
-    UntypedWorkflow, UntypedWorkflowHandle, WorkflowExecutionDescription, WorkflowExecutionInfo,
-    WorkflowExecutionResult, WorkflowExecutionStatus, WorkflowHandle, WorkflowResultDetails,
-    WorkflowUpdateHandle,
+    UntypedQuery, UntypedSignal, UntypedUpdate, UntypedWorkflow, UntypedWorkflowHandle,
+    WorkflowExecutionDescription, WorkflowExecutionInfo, WorkflowExecutionResult,
+    WorkflowExecutionStatus, WorkflowHandle, WorkflowResultDetails, WorkflowUpdateHandle,
 };
 
 use protocol::{ProtocolError, RunAttributes, TerminalOutcome};

@@ -292,10 +292,10 @@ fn decode_failure<'a>(
 }
 
 /// What a wait for a reply event ended with.
-#[allow(clippy::large_enum_variant)]
 enum EventWait {
     Value(String),
-    Closed(WorkflowStatus),
+    /// The run closed without the reply.
+    Closed,
     TimedOut,
 }
 
@@ -329,11 +329,11 @@ async fn wait_event_or_close(
                 }
             }
             out = db.await_outcome(run, Some(chunk)) => {
-                if let Some(status) = out? {
+                if out?.is_some() {
                     // The reply may have been published just before the close.
                     return Ok(match db.get_event(run, key, None).await? {
                         Some(v) => EventWait::Value(v),
-                        None => EventWait::Closed(status),
+                        None => EventWait::Closed,
                     });
                 }
             }
@@ -596,7 +596,8 @@ where
             payloads,
             headers: opts.header.map(|h| h.fields).unwrap_or_default(),
         };
-        db.send(&run, protocol::QUERY_TOPIC, &request.encode(), None)
+        let message_id = db
+            .send(&run, protocol::QUERY_TOPIC, &request.encode(), None)
             .await?;
         let wake_closed = || {
             db.notify(WakeKey::Queue(protocol::closed_run_query_wake(&task_queue)));
@@ -612,7 +613,7 @@ where
         if open {
             match wait_event_or_close(&db, &run, &key, Some(timeout)).await? {
                 EventWait::Value(v) => answer = Some(v),
-                EventWait::Closed(_) => {
+                EventWait::Closed => {
                     // Closed meanwhile: whoever claims the request answers it by replay.
                     debug!(run = %run, "run closed while queried; asking its task queue");
                     wake_closed();
@@ -623,6 +624,20 @@ where
         if answer.is_none() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             answer = db.get_event(&run, &key, Some(left)).await?;
+        }
+        if answer.is_none() {
+            // Withdraw the request so no worker answers it later (best effort: a worker may
+            // already hold it; a late answer is removed below if it lands by then).
+            if let Err(e) = db
+                .consume_messages(&run, std::slice::from_ref(&message_id))
+                .await
+            {
+                debug!(run = %run, error = %e, "cannot withdraw a timed-out query");
+            }
+        }
+        // Answers are transient: nothing about a query stays behind.
+        if let Err(e) = db.delete_event(&run, &key).await {
+            debug!(run = %run, error = %e, "cannot remove a query answer");
         }
         match answer {
             Some(v) => match QueryAnswer::from_text(&v)? {
@@ -731,7 +746,7 @@ where
                     UpdateAdmission::Accepted => None,
                     UpdateAdmission::Rejected { failure } => Some(UpdateOutcome::Failure(failure)),
                 },
-                EventWait::Closed(_) => {
+                EventWait::Closed => {
                     return Err(WorkflowUpdateError::NotFound(not_found(format!(
                         "workflow run `{run}` closed before accepting update `{update_id}`"
                     ))));
@@ -956,7 +971,7 @@ impl<T: 'static> WorkflowUpdateHandle<Client, T> {
                 let key = protocol::update_completed_key(&self.update_id);
                 match wait_event_or_close(&db, &run, &key, rpc_options.timeout).await? {
                     EventWait::Value(v) => UpdateOutcome::from_text(&v)?,
-                    EventWait::Closed(_) => {
+                    EventWait::Closed => {
                         return Err(WorkflowUpdateError::NotFound(not_found(format!(
                             "workflow run `{run}` closed before completing update `{}`",
                             self.update_id
@@ -1199,3 +1214,51 @@ impl WorkflowExecutionDescription {
         self.raw_description
     }
 }
+
+macro_rules! untyped_definition {
+    ($(#[$doc:meta])* $name:ident, $trait:ident $(, $out:ident)?) => {
+        $(#[$doc])*
+        pub struct $name<W> {
+            name: String,
+            _wf: PhantomData<W>,
+        }
+
+        impl<W> $name<W> {
+            /// A definition naming `name`, resolved by the worker at run time.
+            pub fn new(name: impl Into<String>) -> Self {
+                Self {
+                    name: name.into(),
+                    _wf: PhantomData,
+                }
+            }
+        }
+
+        impl<W: temporalio_common_wasm::WorkflowDefinition> $trait for $name<W> {
+            type Workflow = W;
+            type Input = RawValue;
+            $(type $out = RawValue;)?
+
+            fn name(&self) -> &str {
+                &self.name
+            }
+        }
+    };
+}
+
+untyped_definition!(
+    /// A signal named at run time (`handle.signal(UntypedSignal::new("name"), raw, opts)`).
+    UntypedSignal,
+    SignalDefinition
+);
+untyped_definition!(
+    /// A query named at run time (`handle.query(UntypedQuery::new("name"), raw, opts)`).
+    UntypedQuery,
+    QueryDefinition,
+    Output
+);
+untyped_definition!(
+    /// An update named at run time (`handle.execute_update(UntypedUpdate::new("name"), raw, opts)`).
+    UntypedUpdate,
+    UpdateDefinition,
+    Output
+);

@@ -211,6 +211,13 @@ impl WorkflowDefinitions {
         self.workflows.get(workflow_type).map(|r| r.factory.clone())
     }
 
+    /// Whether `workflow_type` declares a handler for signal `name` (unknown types: `true`).
+    pub(crate) fn has_signal(&self, workflow_type: &str, name: &str) -> bool {
+        self.workflows
+            .get(workflow_type)
+            .is_none_or(|r| r.definition.signals.iter().any(|s| s == name))
+    }
+
     pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.workflows.keys().cloned().collect();
         names.sort_unstable();

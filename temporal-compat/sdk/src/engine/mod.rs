@@ -6,6 +6,8 @@
 //!   its commands);
 //! - [`activity`]: activity execution with Temporal's retry, timeout, heartbeat and cancellation
 //!   semantics, on the main runtime;
+//! - [`queries`]: queries on closed runs of the task queue (rebuilt by replay, answered,
+//!   discarded);
 //! - [`threads`]: the workflow threads (each a current-thread runtime with a `LocalSet`, since
 //!   workflow instances are `!Send`).
 //!

@@ -4,9 +4,16 @@
 use super::*;
 
 impl Driver {
-    /// Reads the inbox: signals, updates and cancel requests become pending jobs (consumed with
-    /// the next activation); queries are answered from the live instance.
+    /// Reads the inbox: signals and cancel requests become pending jobs (consumed with the
+    /// next activation), update requests become pending admissions (consumed with their
+    /// verdict, see `updates.rs`), queries are claimed at once (no checkpoint) and answered from
+    /// the live instance once the facts before them are delivered.
     pub(super) async fn read_inbox(&mut self) -> Flow {
+        if self.has_pending_update() {
+            // Admit the pending updates before reading what came after them.
+            self.inbox_dirty = true;
+            return Flow::Continue;
+        }
         let run_id = self.run_id.clone();
         let msgs = match self.prefetched_inbox.take() {
             Some(m) => m,
@@ -27,13 +34,29 @@ impl Driver {
         let mut saw_query = false;
         debug!(run_id = %self.run_id, messages = msgs.len(), "inbox read");
         for m in msgs {
-            if !self.seen.insert(m.message_id.clone()) {
+            if self.seen.contains(&m.message_id) {
                 continue;
             }
             if m.topic == INBOX_TOPIC {
-                self.consume.push(m.message_id.clone());
-                match InboxMessage::decode(&m.body) {
+                let decoded = InboxMessage::decode(&m.body);
+                let is_update = matches!(decoded, Ok(InboxMessage::Update(_)));
+                if !is_update && self.has_pending_update() {
+                    // Updates are admitted on their own, after the facts before them: whatever
+                    // follows an update waits for the next read.
+                    self.inbox_dirty = true;
+                    break;
+                }
+                self.seen.insert(m.message_id.clone());
+                if !is_update {
+                    self.consume.push(m.message_id.clone());
+                }
+                match decoded {
                     Ok(InboxMessage::Signal(s)) => {
+                        if !self.engine.workflows.has_signal(&self.status.name, &s.name) {
+                            // Delivered (and recorded) as on Temporal; the workflow drops it.
+                            warn!(run_id = %self.run_id, signal = %s.name, workflow_type = %self.status.name,
+                                  "signal has no handler in this workflow; it is dropped");
+                        }
                         self.pending
                             .push(job(Variant::SignalWorkflow(SignalWorkflow {
                                 signal_name: s.name,
@@ -44,6 +67,8 @@ impl Driver {
                             })));
                     }
                     Ok(InboxMessage::Update(u)) => {
+                        self.update_msgs
+                            .insert(u.update_id.clone(), m.message_id.clone());
                         self.pending.push(job(Variant::DoUpdate(DoUpdate {
                             id: u.update_id.clone(),
                             protocol_instance_id: u.update_id,
@@ -65,6 +90,7 @@ impl Driver {
                     }
                 }
             } else if m.topic == QUERY_TOPIC {
+                self.seen.insert(m.message_id.clone());
                 saw_query = true;
             }
         }
@@ -98,6 +124,12 @@ impl Driver {
         // signal sees the signal, as on Temporal).
         self.queued_queries.extend(queries);
         Flow::Continue
+    }
+
+    fn has_pending_update(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|j| matches!(j.variant, Some(Variant::DoUpdate(_))))
     }
 
     pub(super) async fn answer_queries(&mut self, queries: Vec<QueryRequest>) {
