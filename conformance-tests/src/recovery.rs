@@ -7,6 +7,8 @@
 //!
 //! [`RecoveryWorkflow`] executes a [`Plan`]: a list of [`Step`]s (activities, durable timers,
 //! a heartbeating activity) chosen by the test, and returns the steps' results joined by `,`.
+//! [`MessageWorkflow`] (the message tests, `tests/recovery_messages.rs`) is a mailbox filled by
+//! a signal and an update whose handler runs an activity, read by a query.
 //!
 //! Every activity execution is recorded in the **effects table** ([`EFFECTS_TABLE`], created by
 //! the test with [`CREATE_EFFECTS_TABLE`]) — one row per execution (attempt), inserted when the
@@ -33,7 +35,7 @@ use serde::{Deserialize, Serialize};
 #[allow(missing_docs)]
 mod definitions;
 
-pub use definitions::{RecoveryActivities, RecoveryWorkflow};
+pub use definitions::{MessageWorkflow, RecoveryActivities, RecoveryWorkflow};
 
 /// The task queue the recovery worker serves.
 pub const TASK_QUEUE: &str = "recovery";

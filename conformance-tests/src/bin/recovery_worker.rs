@@ -1,5 +1,5 @@
-//! The kill-and-recover tests' worker: serves [`RecoveryWorkflow`] and its activities on the
-//! `recovery` task queue until killed. Written like any Temporal worker (see
+//! The kill-and-recover tests' worker: serves [`RecoveryWorkflow`], [`MessageWorkflow`] and
+//! their activities on the `recovery` task queue until killed. Written like any Temporal worker (see
 //! `samples/src/bin/hello_worker.rs`); connects to the Postgres named by `TEMPORAL_ADDRESS`.
 //!
 //! Usage: `recovery_worker [--identity <id>]`. With `--identity` the worker's identity (its
@@ -8,7 +8,9 @@
 //! record their executions in the effects table of the same database and wait for gate files in
 //! the working directory (see `conformance_tests::recovery`).
 
-use conformance_tests::recovery::{RecoveryActivities, RecoveryWorkflow, TASK_QUEUE};
+use conformance_tests::recovery::{
+    MessageWorkflow, RecoveryActivities, RecoveryWorkflow, TASK_QUEUE,
+};
 use temporalio_client::{
     Client, ClientOptions, Connection, envconfig::LoadClientConfigProfileOptions,
 };
@@ -51,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(connection, client_options)?;
     let options = WorkerOptions::new(TASK_QUEUE)
         .register_workflow::<RecoveryWorkflow>()?
+        .register_workflow::<MessageWorkflow>()?
         .register_activities(activities)
         .maybe_client_identity_override(identity)
         .build();

@@ -9,7 +9,9 @@ use sqlx::PgPool;
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{activities, workflow, workflow_methods};
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{
+    ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
 
 use super::{GATE_POLL, Heartbeat, Plan, Step, Work};
 
@@ -237,5 +239,69 @@ impl RecoveryActivities {
         self.record_end(&ctx, &heartbeat.name, id, "finished")
             .await?;
         Ok(format!("{}#from={from}", heartbeat.name))
+    }
+}
+
+/// A mailbox for the message kill-and-recover tests (`tests/recovery_messages.rs`): runs the
+/// given [`Work`] steps, then collects the values of `add` signals and `gated_put` updates
+/// until the `finish` signal; returns the collected values in the order they were applied.
+#[workflow]
+#[derive(Default)]
+pub struct MessageWorkflow {
+    items: Vec<u64>,
+    done: bool,
+}
+
+#[workflow_methods]
+impl MessageWorkflow {
+    /// Executes `first` (each a [`RecoveryActivities::work`]), then waits for `finish`; returns
+    /// the values applied by signals and updates, in order.
+    #[run]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        first: Vec<Work>,
+    ) -> WorkflowResult<Vec<u64>> {
+        for work in first {
+            let options = ActivityOptions::with_start_to_close_timeout(START_TO_CLOSE).build();
+            ctx.execute_activity(RecoveryActivities::work, work, options)
+                .await?;
+        }
+        ctx.wait_condition(|s| s.done).await?;
+        Ok(ctx.state(|s| s.items.clone()))
+    }
+
+    /// Appends `v`.
+    #[signal]
+    pub fn add(&mut self, _ctx: &mut SyncWorkflowContext<Self>, v: u64) {
+        self.items.push(v);
+    }
+
+    /// Lets the run finish.
+    #[signal]
+    pub fn finish(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.done = true;
+    }
+
+    /// The values applied so far, in order.
+    #[query]
+    pub fn items(&self, _ctx: &WorkflowContextView) -> Vec<u64> {
+        self.items.clone()
+    }
+
+    /// Executes `work` (typically gated), then appends `v`; returns
+    /// `<activity result>+<v>`.
+    #[update]
+    pub async fn gated_put(ctx: &mut WorkflowContext<Self>, input: (Work, u64)) -> String {
+        let (work, v) = input;
+        let options = ActivityOptions::with_start_to_close_timeout(START_TO_CLOSE).build();
+        let done = match ctx
+            .execute_activity(RecoveryActivities::work, work, options)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => format!("failed: {e}"),
+        };
+        ctx.state_mut(|s| s.items.push(v));
+        format!("{done}+{v}")
     }
 }
