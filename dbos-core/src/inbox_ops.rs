@@ -16,10 +16,9 @@ use tracing::debug;
 
 use crate::SystemDatabase;
 use crate::db::validate_text;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::messages::{Message, idempotent_message_id};
-use crate::notifier::WakeKey;
-use crate::workflows::{EnqueueRequest, Enqueued, RunState, STATUS_COLUMNS, status_from_row};
+use crate::workflows::{EnqueueRequest, Enqueued, FirstMessage};
 
 fn taken_from_row(row: &PgRow) -> Result<Message> {
     Ok(Message {
@@ -49,23 +48,10 @@ impl SystemDatabase {
         body: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Enqueued> {
-        validate_text("workflow id", &request.workflow_id)?;
-        validate_text("workflow name", &request.name)?;
-        validate_text("queue name", &request.queue_name)?;
         if !topic.is_empty() {
             validate_text("topic", topic)?;
         }
-        self.check_size("workflow input", &request.inputs)?;
         self.check_size("message", body)?;
-        if let Some(a) = &request.attributes
-            && !a.is_object()
-        {
-            return Err(Error::InvalidName {
-                what: "attributes",
-                value: a.to_string().chars().take(80).collect(),
-                reason: "must be a JSON object",
-            });
-        }
         let message_id = match idempotency_key {
             Some(k) => {
                 validate_text("idempotency key", k)?;
@@ -73,90 +59,21 @@ impl SystemDatabase {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let now = crate::now_ms();
-        let delay_until = request.delay.map(|d| now + d.as_millis() as i64);
-        let state = if delay_until.is_some() {
-            RunState::Delayed
-        } else {
-            RunState::Enqueued
-        };
-        let owner = uuid::Uuid::new_v4().to_string();
-        // The message insert reads the run insert's RETURNING rows; the foreign key is checked
-        // at the end of the statement, when the run row exists.
-        let sql = self.sql(&format!(
-            "WITH ins AS (
-                INSERT INTO {{s}}.workflow_status (workflow_uuid, status, name, queue_name, inputs,
-                    serialization, created_at, updated_at, priority, deduplication_id,
-                    workflow_timeout_ms, attributes, parent_workflow_id, application_version,
-                    delay_until_epoch_ms, recovery_attempts, owner_xid)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)
-                ON CONFLICT (workflow_uuid) DO NOTHING
-                RETURNING {STATUS_COLUMNS}, true AS created),
-             msg AS (
-                INSERT INTO {{s}}.notifications (destination_uuid, topic, message,
-                    created_at_epoch_ms, message_uuid)
-                SELECT workflow_uuid, $16, $17, $7, $18 FROM ins
-                ON CONFLICT (message_uuid) DO NOTHING)
-             SELECT * FROM ins
-             UNION ALL
-             SELECT {STATUS_COLUMNS}, owner_xid IS NOT DISTINCT FROM $15 AS created
-               FROM {{s}}.workflow_status
-              WHERE workflow_uuid = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
-        ));
-        let mut row = None;
-        for _ in 0..5 {
-            row = self
-                .retry("enqueue with message", || async {
-                    sqlx::query(&sql)
-                        .bind(&request.workflow_id)
-                        .bind(state.as_str())
-                        .bind(&request.name)
-                        .bind(&request.queue_name)
-                        .bind(&request.inputs)
-                        .bind(&request.serialization)
-                        .bind(now)
-                        .bind(request.priority)
-                        .bind(&request.deduplication_id)
-                        .bind(request.timeout.map(|t| t.as_millis() as i64))
-                        .bind(&request.attributes)
-                        .bind(&request.parent_workflow_id)
-                        .bind(&request.application_version)
-                        .bind(delay_until)
-                        .bind(&owner)
-                        .bind(topic)
-                        .bind(body)
-                        .bind(&message_id)
-                        .fetch_optional(self.pool())
-                        .await
-                        .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
-                            Some("23505") => Error::Duplicated {
-                                queue: request.queue_name.clone(),
-                                deduplication_id: request
-                                    .deduplication_id
-                                    .clone()
-                                    .unwrap_or_default(),
-                            },
-                            _ => Error::Database(e),
-                        })
-                })
-                .await?;
-            if row.is_some() {
-                break;
-            }
+        let run = request.workflow_id.clone();
+        let enqueued = self
+            .enqueue_run(
+                request,
+                Some(FirstMessage {
+                    topic,
+                    body,
+                    message_id: &message_id,
+                }),
+            )
+            .await?;
+        if matches!(enqueued, Enqueued::Created(_)) {
+            debug!(%run, %message_id, "run enqueued with a first message");
         }
-        let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
-        let created: bool = row.try_get("created")?;
-        let status = status_from_row(&row)?;
-        if created {
-            debug!(run = %request.workflow_id, %message_id, "run enqueued with a first message");
-            self.notify(WakeKey::Message(request.workflow_id.clone()));
-            if state == RunState::Enqueued {
-                self.notify(WakeKey::Queue(request.queue_name.clone()));
-            }
-            Ok(Enqueued::Created(status))
-        } else {
-            Ok(Enqueued::Existing(status))
-        }
+        Ok(enqueued)
     }
 
     /// Claims up to `limit` unconsumed messages of `destination` on `topic`, oldest first:

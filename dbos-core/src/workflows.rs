@@ -257,6 +257,13 @@ pub enum Outcome {
     Cancelled(Option<String>),
 }
 
+/// A message written into a new run's inbox by the statement that creates the run.
+pub(crate) struct FirstMessage<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) body: &'a str,
+    pub(crate) message_id: &'a str,
+}
+
 /// What completion did.
 #[derive(Debug, Clone)]
 // The large variant is the rare path (the run was decided elsewhere); boxing it would change
@@ -278,6 +285,18 @@ impl SystemDatabase {
     /// carries the call's owner token), and concurrent enqueues of one id yield exactly one
     /// `Created`.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Enqueued> {
+        self.enqueue_run(request, None).await
+    }
+
+    /// The one enqueue statement: insert-or-get of the run and, when `first_message` is given
+    /// and this call creates the run, the insert of that message into its inbox (the message
+    /// insert reads the run insert's RETURNING rows; the foreign key is checked at the end of the
+    /// statement, when the run row exists).
+    pub(crate) async fn enqueue_run(
+        &self,
+        request: EnqueueRequest,
+        first_message: Option<FirstMessage<'_>>,
+    ) -> Result<Enqueued> {
         validate_text("workflow id", &request.workflow_id)?;
         validate_text("workflow name", &request.name)?;
         validate_text("queue name", &request.queue_name)?;
@@ -305,6 +324,16 @@ impl SystemDatabase {
         // (DBOS's `owner_xid`), fresh per call and the same across its retries, tells a retry
         // whose first attempt committed (acknowledgement lost) that the row is its own.
         let owner = uuid::Uuid::new_v4().to_string();
+        let message_cte = if first_message.is_some() {
+            ",
+             msg AS (
+                INSERT INTO {s}.notifications (destination_uuid, topic, message,
+                    created_at_epoch_ms, message_uuid)
+                SELECT workflow_uuid, $16, $17, $7, $18 FROM ins
+                ON CONFLICT (message_uuid) DO NOTHING)"
+        } else {
+            ""
+        };
         let sql = self.sql(&format!(
             "WITH ins AS (
                 INSERT INTO {{s}}.workflow_status (workflow_uuid, status, name, queue_name, inputs,
@@ -313,7 +342,7 @@ impl SystemDatabase {
                     delay_until_epoch_ms, recovery_attempts, owner_xid)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)
                 ON CONFLICT (workflow_uuid) DO NOTHING
-                RETURNING {STATUS_COLUMNS}, true AS created)
+                RETURNING {STATUS_COLUMNS}, true AS created){message_cte}
              SELECT * FROM ins
              UNION ALL
              SELECT {STATUS_COLUMNS}, owner_xid IS NOT DISTINCT FROM $15 AS created
@@ -328,7 +357,7 @@ impl SystemDatabase {
         for _ in 0..ENQUEUE_SNAPSHOT_RETRIES {
             row = self
                 .retry("enqueue", || async {
-                    sqlx::query(&sql)
+                    let mut query = sqlx::query(&sql)
                         .bind(&request.workflow_id)
                         .bind(state.as_str())
                         .bind(&request.name)
@@ -343,10 +372,12 @@ impl SystemDatabase {
                         .bind(&request.parent_workflow_id)
                         .bind(&request.application_version)
                         .bind(delay_until)
-                        .bind(&owner)
-                        .fetch_optional(self.pool())
-                        .await
-                        .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
+                        .bind(&owner);
+                    if let Some(m) = &first_message {
+                        query = query.bind(m.topic).bind(m.body).bind(m.message_id);
+                    }
+                    query.fetch_optional(self.pool()).await.map_err(|e| {
+                        match crate::error::sqlstate(&e).as_deref() {
                             Some("23505") => Error::Duplicated {
                                 queue: request.queue_name.clone(),
                                 deduplication_id: request
@@ -355,7 +386,8 @@ impl SystemDatabase {
                                     .unwrap_or_default(),
                             },
                             _ => Error::Database(e),
-                        })
+                        }
+                    })
                 })
                 .await?;
             if row.is_some() {
@@ -366,6 +398,9 @@ impl SystemDatabase {
         let created: bool = row.try_get("created")?;
         let status = status_from_row(&row)?;
         if created {
+            if first_message.is_some() {
+                self.notify(WakeKey::Message(request.workflow_id.clone()));
+            }
             if state == RunState::Enqueued {
                 self.notify(WakeKey::Queue(request.queue_name.clone()));
             }
