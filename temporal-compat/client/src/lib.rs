@@ -361,8 +361,16 @@ impl Client {
 
         // Enqueue is idempotent by run id, so two starters racing for the same next run id see
         // one Created and one Existing; the loser re-evaluates against the winner's run.
-        for _ in 0..16 {
-            let index = match protocol::latest_run(&db, &workflow_id).await? {
+        // The common case is a new workflow id: try its first run straight away (one round trip,
+        // insert-or-get) and consult the latest run only when that run already exists.
+        let mut first_attempt = true;
+        for _ in 0..17 {
+            let latest = if std::mem::take(&mut first_attempt) {
+                None
+            } else {
+                protocol::latest_run(&db, &workflow_id).await?
+            };
+            let index = match latest {
                 None => 0,
                 Some(latest) => {
                     let (_, n) = protocol::parse_run_id(&latest.workflow_id);
@@ -422,7 +430,7 @@ impl Client {
                     return Ok(self.handle(&workflow_id, &status));
                 }
                 Enqueued::Existing(_) => {
-                    debug!(run_id = %run_id, "lost a start race, re-evaluating");
+                    debug!(run_id = %run_id, "run exists already (an earlier run, or a lost start race), re-evaluating");
                 }
             }
         }

@@ -288,6 +288,7 @@ impl Client {
                     header: update_header,
                     rpc_options,
                 },
+                true,
             )
             .await
             .map_err(WorkflowUpdateWithStartError::Update)
@@ -342,8 +343,16 @@ impl Client {
         let attrs = self.start_attributes(workflow_type, &options).await?;
         let db = self.system_database().await?;
         let workflow_id = options.workflow_id.clone();
-        for _ in 0..16 {
-            let index = match protocol::latest_run(&db, &workflow_id).await? {
+        // The common case is a new workflow id: try its first run straight away (one round trip,
+        // insert-or-get) and consult the latest run only when that run already exists.
+        let mut first_attempt = true;
+        for _ in 0..17 {
+            let latest = if std::mem::take(&mut first_attempt) {
+                None
+            } else {
+                protocol::latest_run(&db, &workflow_id).await?
+            };
+            let index = match latest {
                 None => 0,
                 Some(latest) => {
                     let (_, n) = protocol::parse_run_id(&latest.workflow_id);
@@ -411,7 +420,7 @@ impl Client {
                     return Ok(Started::Created(status));
                 }
                 dbos_core::Enqueued::Existing(_) => {
-                    debug!(run_id = %run_id, "lost a start race, re-evaluating");
+                    debug!(run_id = %run_id, "run exists already (an earlier run, or a lost start race), re-evaluating");
                 }
             }
         }

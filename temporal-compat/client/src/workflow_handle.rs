@@ -359,17 +359,7 @@ where
                     other => tonic::Status::internal(other.to_string()),
                 })?,
         };
-        let status = found.ok_or_else(|| {
-            not_found(format!(
-                "workflow `{}`{} not found",
-                self.info.workflow_id,
-                self.info
-                    .run_id
-                    .as_deref()
-                    .map(|r| format!(" run `{r}`"))
-                    .unwrap_or_default()
-            ))
-        })?;
+        let status = found.ok_or_else(|| self.not_found())?;
         if let Some(first) = &self.info.first_execution_run_id
             && self.info.run_id.is_none()
         {
@@ -386,6 +376,19 @@ where
             }
         }
         Ok(status)
+    }
+
+    /// The error for a target that does not exist.
+    fn not_found(&self) -> tonic::Status {
+        not_found(format!(
+            "workflow `{}`{} not found",
+            self.info.workflow_id,
+            self.info
+                .run_id
+                .as_deref()
+                .map(|r| format!(" run `{r}`"))
+                .unwrap_or_default()
+        ))
     }
 
     async fn db(&self) -> Result<SystemDatabase, ProtocolError> {
@@ -419,18 +422,32 @@ where
         reject_metadata(&opts.rpc_options).map_err(WorkflowGetResultError::Rpc)?;
         let db = self.db().await?;
         let dc = self.client.data_converter();
-        let mut run = self
-            .target(&db)
-            .await
-            .map_err(status_to_get_result)?
-            .workflow_id;
+        // A handle that knows its run awaits it straight away (the await's first probe also
+        // tells a missing run); otherwise the latest run is resolved first.
+        let (mut run, mut own_run) = match &self.info.run_id {
+            Some(run) => (run.clone(), true),
+            None => (
+                self.target(&db)
+                    .await
+                    .map_err(status_to_get_result)?
+                    .workflow_id,
+                false,
+            ),
+        };
         let deadline = opts
             .rpc_options
             .timeout
             .map(|t| tokio::time::Instant::now() + t);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-            let Some(status) = db.await_outcome(&run, left).await? else {
+            let awaited = match db.await_outcome(&run, left).await {
+                Err(dbos_core::Error::UnknownRun(_)) if std::mem::take(&mut own_run) => {
+                    return Err(status_to_get_result(self.not_found()));
+                }
+                other => other?,
+            };
+            own_run = false;
+            let Some(status) = awaited else {
                 return Err(WorkflowGetResultError::Rpc(
                     tonic::Status::deadline_exceeded(format!(
                         "workflow run `{run}` did not close within the timeout"
@@ -668,8 +685,16 @@ where
         U::Input: Send,
         U::Output: 'static,
     {
+        reject_metadata(&options.rpc_options).map_err(WorkflowUpdateError::Rpc)?;
         let rpc = options.rpc_options.clone();
-        let handle = self.start_update(update, input, options.into()).await?;
+        let dc = self.client.data_converter();
+        let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
+        drop(input);
+        // The result is all the caller wants: skip the wait for the accepted stage and wait for
+        // the completion key alone (a rejection sets it too, with the rejection's failure).
+        let handle: WorkflowUpdateHandle<Client, U::Output> = self
+            .start_update_payloads(update.name(), payloads, options.into(), false)
+            .await?;
         handle.get_result(rpc).await
     }
 
@@ -689,33 +714,48 @@ where
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
-        self.start_update_payloads(update.name(), payloads, options)
+        self.start_update_payloads(update.name(), payloads, options, true)
             .await
     }
 
     /// [`Self::start_update`] with the input already converted (also used by
     /// update-with-start, whose request may already sit in the new run's inbox: the idempotent
-    /// send is then a no-op and only the admission is awaited).
+    /// send is then a no-op and only the admission is awaited). `wait_for_acceptance` false
+    /// returns right after the send, for callers that wait for the completion anyway.
     pub(crate) async fn start_update_payloads<T>(
         &self,
         update_name: &str,
         payloads: Vec<Payload>,
         options: WorkflowStartUpdateOptions,
+        wait_for_acceptance: bool,
     ) -> Result<WorkflowUpdateHandle<Client, T>, WorkflowUpdateError> {
         let db = self.db().await?;
-        let status = self
-            .target(&db)
-            .await
-            .map_err(WorkflowUpdateError::NotFound)?;
-        let run = status.workflow_id.clone();
         let update_id = options
             .update_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let completed_key = protocol::update_completed_key(&update_id);
+        // A handle that knows its run reads the run and the update's known outcome concurrently
+        // (one round trip of latency); otherwise the run is resolved first.
+        let (status, known_outcome) = match &self.info.run_id {
+            Some(run) => {
+                let (status, known) =
+                    tokio::join!(self.target(&db), db.get_event(run, &completed_key, None));
+                (status.map_err(WorkflowUpdateError::NotFound)?, known?)
+            }
+            None => {
+                let status = self
+                    .target(&db)
+                    .await
+                    .map_err(WorkflowUpdateError::NotFound)?;
+                let known = db
+                    .get_event(&status.workflow_id, &completed_key, None)
+                    .await?;
+                (status, known)
+            }
+        };
+        let run = status.workflow_id.clone();
         // A repeated update id whose outcome is known does not need the workflow open.
-        if let Some(v) = db
-            .get_event(&run, &protocol::update_completed_key(&update_id), None)
-            .await?
-        {
+        if let Some(v) = known_outcome {
             return Ok(WorkflowUpdateHandle::new(
                 self.client.clone(),
                 update_id,
@@ -737,6 +777,15 @@ where
         let key = protocol::update_idempotency_key(&run, &update_id);
         db.send(&run, protocol::INBOX_TOPIC, &msg.encode(), Some(&key))
             .await?;
+        if !wait_for_acceptance {
+            return Ok(WorkflowUpdateHandle::new(
+                self.client.clone(),
+                update_id,
+                self.info.workflow_id.clone(),
+                Some(run),
+                None,
+            ));
+        }
         let admission_key = protocol::update_accepted_key(&update_id);
         let known =
             match wait_event_or_close(&db, &run, &admission_key, options.rpc_options.timeout)

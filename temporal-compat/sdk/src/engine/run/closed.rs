@@ -99,9 +99,8 @@ impl Driver {
         let _ = self
             .engine
             .call(move |db| async move {
-                for (k, v) in events {
-                    db.set_event(&run_id, &k, &v).await?;
-                }
+                // One transaction for all (e.g. an update's accepted and completed keys).
+                db.set_events(&run_id, &events).await?;
                 Ok(())
             })
             .await;
