@@ -107,13 +107,23 @@ impl SystemDatabase {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let now = crate::now_ms();
+        // The wake-up hint rides in the insert's own statement (delivered at its commit), which
+        // saves the receiver the separate hint transaction on the latency-critical
+        // send -> consume path. Messages are not a bulk write path, so the notification-queue
+        // lock this takes at commit does not serialize the hot writers (checkpoints, claims).
         let sql = self.sql(
-            "INSERT INTO {s}.notifications (destination_uuid, topic, message, created_at_epoch_ms,
-                 message_uuid)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (message_uuid) DO NOTHING",
+            "WITH ins AS (
+                INSERT INTO {s}.notifications (destination_uuid, topic, message,
+                    created_at_epoch_ms, message_uuid)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (message_uuid) DO NOTHING
+                RETURNING 1)
+             SELECT pg_notify($6, $7) FROM ins",
         );
-        let done = self
+        let key = WakeKey::Message(destination.to_owned());
+        let channel = crate::notifier::channel_name(self.schema());
+        let payload = key.payload();
+        let inserted = self
             .retry("send message", || async {
                 sqlx::query(&sql)
                     .bind(destination)
@@ -121,16 +131,20 @@ impl SystemDatabase {
                     .bind(body)
                     .bind(now)
                     .bind(&message_id)
-                    .execute(self.pool())
+                    .bind(&channel)
+                    .bind(&payload)
+                    .fetch_all(self.pool())
                     .await
                     .map_err(|e| error::unknown_run_on_fk(e, destination))
             })
             .await?;
-        if done.rows_affected() == 0 {
+        if inserted.is_empty() {
             debug!(destination, %message_id, "message already sent (idempotent send)");
+            // The first attempt may have committed without this call seeing it: hint again.
+            self.notify(key);
+        } else {
+            self.inner.notifier.wake_local(&key);
         }
-        // Also after a no-op: the first attempt's hint may never have gone out.
-        self.notify(WakeKey::Message(destination.to_owned()));
         Ok(message_id)
     }
 

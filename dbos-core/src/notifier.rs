@@ -59,7 +59,7 @@ pub enum WakeKey {
 const SEP: char = '\u{1f}';
 
 impl WakeKey {
-    fn payload(&self) -> String {
+    pub(crate) fn payload(&self) -> String {
         match self {
             WakeKey::Queue(q) => format!("q{SEP}{q}"),
             WakeKey::Message(w) => format!("m{SEP}{w}"),
@@ -253,6 +253,11 @@ impl Notifier {
         }
     }
 
+    /// Wakes this process's waiters only; for writes whose statement carries its own NOTIFY.
+    pub(crate) fn wake_local(&self, key: &WakeKey) {
+        self.shared.wake(key);
+    }
+
     /// Stops the background tasks and wakes every waiter.
     pub(crate) fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
@@ -279,7 +284,7 @@ impl Drop for Notifier {
 
 /// The NOTIFY channel of a schema: one channel per namespace, so namespaces sharing a database
 /// do not wake each other.
-fn channel_name(schema: &str) -> String {
+pub(crate) fn channel_name(schema: &str) -> String {
     format!("dbosify_{schema}")
 }
 
