@@ -22,6 +22,11 @@
 //! come back on its LISTEN connection; they are recognised by the sender's backend pid and not
 //! dispatched again (local waiters were woken when the hint was published).
 //!
+//! One exception: [`crate::SystemDatabase::send`] puts its hint in the message insert's own
+//! statement (delivered at that commit), because send -> consume latency is what messages are
+//! judged by and messages are not a bulk write path. A send that finds its message already
+//! written (a retry) falls back to the ordinary hint.
+//!
 //! Cost model (per hint batch): one NOTIFY transaction on the sender (no WAL flush wait), plus
 //! one short read transaction in *every* backend listening on the namespace's channel, which
 //! Postgres runs to read its notification queue.
