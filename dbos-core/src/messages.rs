@@ -84,7 +84,7 @@ impl SystemDatabase {
     /// Sends a message. With an idempotency key, a repeated send is a no-op. Returns the message
     /// id. Fails with [`crate::Error::UnknownRun`] when the destination does not exist.
     ///
-    /// The message id is `"<key>::<destination>"` with a key (see [`idempotent_message_id`]),
+    /// The message id is `"<key>::<destination>"` with a key (see `idempotent_message_id`),
     /// else a fresh UUID drawn once per call, *before* the insert is tried: a retry after a
     /// dropped connection (whose first attempt may have committed) reuses that id, so even a
     /// send without a key is never duplicated by the transparent retry. Two separate calls
