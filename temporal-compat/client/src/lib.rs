@@ -34,14 +34,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbos_core::{Enqueued, SystemDatabase};
+use dbos_core::SystemDatabase;
 use sqlx::Connection as _;
 use temporalio_common_wasm::HasWorkflowDefinition;
 use temporalio_common_wasm::data_converters::{
     DataConverter, SerializationContextData, WorkflowSerializationContext,
 };
 use temporalio_protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolicy;
-use tracing::{debug, info};
+use tracing::info;
 use url::Url;
 
 pub use errors::{
@@ -65,7 +65,8 @@ pub use workflow_handle::{
     WorkflowExecutionStatus, WorkflowHandle, WorkflowResultDetails, WorkflowUpdateHandle,
 };
 
-use protocol::{ProtocolError, RunAttributes, TerminalOutcome};
+use protocol::{ProtocolError, RunAttributes};
+use with_start::Started;
 
 /// The client library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -355,88 +356,13 @@ impl Client {
         let dc = self.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
-        let attrs = self.start_attributes(workflow.name(), &options).await?;
-        let db = self.system_database().await?;
         let workflow_id = options.workflow_id.clone();
-
-        // Enqueue is idempotent by run id, so two starters racing for the same next run id see
-        // one Created and one Existing; the loser re-evaluates against the winner's run.
-        // The common case is a new workflow id: try its first run straight away (one round trip,
-        // insert-or-get) and consult the latest run only when that run already exists.
-        let mut first_attempt = true;
-        for _ in 0..17 {
-            let latest = if std::mem::take(&mut first_attempt) {
-                None
-            } else {
-                protocol::latest_run(&db, &workflow_id).await?
-            };
-            let index = match latest {
-                None => 0,
-                Some(latest) => {
-                    let (_, n) = protocol::parse_run_id(&latest.workflow_id);
-                    match TerminalOutcome::from_status(&latest).ok().flatten() {
-                        None => match options.id_conflict_policy {
-                            WorkflowIdConflictPolicy::Unspecified
-                            | WorkflowIdConflictPolicy::Fail => {
-                                return Err(already_started(
-                                    &latest.workflow_id,
-                                    "a workflow with this id is running",
-                                ));
-                            }
-                            WorkflowIdConflictPolicy::UseExisting => {
-                                return Ok(self.handle(&workflow_id, &latest));
-                            }
-                            WorkflowIdConflictPolicy::TerminateExisting => {
-                                workflow_handle::terminate_run(
-                                    &db,
-                                    &latest.workflow_id,
-                                    "terminated by a new start (id conflict policy TerminateExisting)"
-                                        .into(),
-                                    Vec::new(),
-                                    self.identity(),
-                                )
-                                .await?;
-                                n + 1
-                            }
-                        },
-                        Some(outcome) => {
-                            let allowed = match options.id_reuse_policy {
-                                WorkflowIdReusePolicy::Unspecified
-                                | WorkflowIdReusePolicy::AllowDuplicate => true,
-                                WorkflowIdReusePolicy::AllowDuplicateFailedOnly => {
-                                    !matches!(outcome, TerminalOutcome::Completed { .. })
-                                }
-                                WorkflowIdReusePolicy::RejectDuplicate => false,
-                            };
-                            if !allowed {
-                                return Err(already_started(
-                                    &latest.workflow_id,
-                                    "the id reuse policy forbids reusing this workflow id",
-                                ));
-                            }
-                            n + 1
-                        }
-                    }
-                }
-            };
-            let run_id = protocol::run_id(&workflow_id, index);
-            let mut run_attrs = attrs.clone();
-            run_attrs.first_execution_run_id = Some(run_id.clone());
-            let request = protocol::new_run_request(&run_id, &run_attrs, &payloads);
-            match db.enqueue(request).await? {
-                Enqueued::Created(status) => {
-                    info!(workflow_id = %workflow_id, run_id = %run_id, workflow_type = %attrs.workflow_type,
-                          task_queue = %attrs.task_queue, "workflow started");
-                    return Ok(self.handle(&workflow_id, &status));
-                }
-                Enqueued::Existing(_) => {
-                    debug!(run_id = %run_id, "run exists already (an earlier run, or a lost start race), re-evaluating");
-                }
-            }
+        match self
+            .start_run(workflow.name(), &payloads, options, false, None)
+            .await?
+        {
+            Started::Created(run) | Started::Existing(run) => Ok(self.handle(&workflow_id, &run)),
         }
-        Err(WorkflowStartError::Rpc(tonic::Status::aborted(format!(
-            "could not start workflow `{workflow_id}`: too many concurrent starts with this id"
-        ))))
     }
 
     fn handle<W>(

@@ -147,15 +147,15 @@ pub enum WorkflowUpdateWithStartError {
 }
 
 /// What starting with a first message did.
-enum Started {
-    /// A new run was created with the message in its inbox.
+pub(crate) enum Started {
+    /// A new run was created (with the message in its inbox, when there was one).
     Created(dbos_core::WorkflowStatus),
     /// An open run of the id is kept (conflict policy); the message was NOT sent.
     Existing(dbos_core::WorkflowStatus),
 }
 
 /// The first inbox message of a new run, given its run id.
-type FirstMessage<'a> = &'a (dyn Fn(&str) -> (String, String) + Sync);
+pub(crate) type FirstMessage<'a> = &'a (dyn Fn(&str) -> (String, String) + Sync);
 
 impl Client {
     /// Atomically signals a workflow as it starts: the workflow receives the signal before its
@@ -204,7 +204,7 @@ impl Client {
         let workflow_id = options.workflow_id.clone();
         // Signal-with-start keeps a running workflow unless told otherwise (Temporal's default).
         let started = self
-            .start_with_message(workflow.name(), &input, options, true, &message)
+            .start_run(workflow.name(), &input, options, true, Some(&message))
             .await?;
         match started {
             Started::Created(status) => Ok(self.handle(&workflow_id, &status)),
@@ -270,7 +270,7 @@ impl Client {
         };
         let workflow_id = start.workflow_id.clone();
         let status = match self
-            .start_with_message(workflow.name(), &input, start, false, &message)
+            .start_run(workflow.name(), &input, start, false, Some(&message))
             .await
             .map_err(WorkflowUpdateWithStartError::Start)?
         {
@@ -326,17 +326,17 @@ impl Client {
             .map_err(WorkflowUpdateWithStartError::Update)
     }
 
-    /// The start logic of `start_workflow` (id conflict and reuse policies, racing starters),
-    /// creating the run together with its first inbox message. `keep_by_default`: an
+    /// The one start logic (id conflict and reuse policies, racing starters), creating the run
+    /// together with its first inbox message when `message` is given. `keep_by_default`: an
     /// unspecified conflict policy keeps a running workflow (signal-with-start) instead of
     /// failing.
-    async fn start_with_message(
+    pub(crate) async fn start_run(
         &self,
         workflow_type: &str,
         input: &[Payload],
         options: WorkflowStartOptions,
         keep_by_default: bool,
-        message: FirstMessage<'_>,
+        message: Option<FirstMessage<'_>>,
     ) -> Result<Started, WorkflowStartError> {
         protocol::validate_workflow_id(&options.workflow_id).map_err(|e| invalid(e.to_string()))?;
         refuse_start_options(&options)?;
@@ -408,15 +408,18 @@ impl Client {
             let mut run_attrs = attrs.clone();
             run_attrs.first_execution_run_id = Some(run_id.clone());
             let request = protocol::new_run_request(&run_id, &run_attrs, input);
-            let (body, key) = message(&run_id);
-            match db
-                .enqueue_with_message(request, protocol::INBOX_TOPIC, &body, Some(&key))
-                .await
-                .map_err(protocol::ProtocolError::from)?
-            {
+            let enqueued = match message {
+                Some(message) => {
+                    let (body, key) = message(&run_id);
+                    db.enqueue_with_message(request, protocol::INBOX_TOPIC, &body, Some(&key))
+                        .await
+                }
+                None => db.enqueue(request).await,
+            };
+            match enqueued.map_err(protocol::ProtocolError::from)? {
                 dbos_core::Enqueued::Created(status) => {
                     info!(workflow_id = %workflow_id, run_id = %run_id, workflow_type = %attrs.workflow_type,
-                          task_queue = %attrs.task_queue, "workflow started with a first message");
+                          task_queue = %attrs.task_queue, first_message = message.is_some(), "workflow started");
                     return Ok(Started::Created(status));
                 }
                 dbos_core::Enqueued::Existing(_) => {
