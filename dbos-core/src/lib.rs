@@ -42,7 +42,9 @@ pub use executors::{DEFAULT_LEASE, ExecutorHandle, ExecutorOptions};
 pub use management::ListFilter;
 pub use messages::Message;
 pub use migrate::SCHEMA_VERSION;
-pub use notifier::{NotifierStats, Waiter, WakeKey};
+pub use notifier::{Mark, NotifierStats, Waiter, WakeKey};
 pub use queues::{QUEUE_CONFIG_TTL, QueueConfig, RateLimit, WorkWaiter};
 pub use timers::sleep_until_ms;
-pub use workflows::{CompleteResult, EnqueueRequest, Enqueued, Outcome, RunState, WorkflowStatus};
+pub use workflows::{
+    ClaimFacts, CompleteResult, EnqueueRequest, Enqueued, Outcome, RunState, WorkflowStatus,
+};

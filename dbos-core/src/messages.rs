@@ -107,10 +107,9 @@ impl SystemDatabase {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let now = crate::now_ms();
-        // The wake-up hint rides in the insert's own statement (delivered at its commit), which
-        // saves the receiver the separate hint transaction on the latency-critical
-        // send -> consume path. Messages are not a bulk write path, so the notification-queue
-        // lock this takes at commit does not serialize the hot writers (checkpoints, claims).
+        // The wake-up hint rides in the insert's own statement when the inline slot is free
+        // (see `notifier`), which saves the receiver the hint transaction on the
+        // latency-critical send -> consume path.
         let sql = self.sql(
             "WITH ins AS (
                 INSERT INTO {s}.notifications (destination_uuid, topic, message,
@@ -118,11 +117,10 @@ impl SystemDatabase {
                 VALUES ($1, $2, $3, $4, $5)
                 ON CONFLICT (message_uuid) DO NOTHING
                 RETURNING 1)
-             SELECT pg_notify($6, $7) FROM ins",
+             SELECT (SELECT count(pg_notify($6, p)) FROM unnest($7::text[]) AS p) FROM ins",
         );
         let key = WakeKey::Message(destination.to_owned());
-        let channel = crate::notifier::channel_name(self.schema());
-        let payload = key.payload();
+        let hints = self.hints(vec![key.clone()]);
         let inserted = self
             .retry("send message", || async {
                 sqlx::query(&sql)
@@ -131,8 +129,8 @@ impl SystemDatabase {
                     .bind(body)
                     .bind(now)
                     .bind(&message_id)
-                    .bind(&channel)
-                    .bind(&payload)
+                    .bind(hints.channel())
+                    .bind(hints.payloads())
                     .fetch_all(self.pool())
                     .await
                     .map_err(|e| error::unknown_run_on_fk(e, destination))
@@ -141,9 +139,10 @@ impl SystemDatabase {
         if inserted.is_empty() {
             debug!(destination, %message_id, "message already sent (idempotent send)");
             // The first attempt may have committed without this call seeing it: hint again.
+            drop(hints);
             self.notify(key);
         } else {
-            self.inner.notifier.wake_local(&key);
+            hints.published();
         }
         Ok(message_id)
     }

@@ -13,14 +13,27 @@
 //! While it stays down, every waiter is woken after each reconnection attempt as well.
 //!
 //! Hints are sent after the data commit, outside the writer's transaction, batched, on a
-//! dedicated connection with `synchronous_commit = off`: a NOTIFY inside a write transaction would
-//! serialize every writer's commit on Postgres's notification-queue lock. The first hint after a
-//! quiet period goes out at once; under load, batches start at least `HINT_MIN_INTERVAL` (1 ms)
-//! apart, so hints cost the server a bounded number of (non-durable) transactions per second.
-//! The sender reconnects on failure; a batch that cannot be sent after one reconnection is
-//! dropped (waiters fall back to polling) rather than delaying newer hints. A process's own hints
-//! come back on its LISTEN connection; they are recognised by the sender's backend pid and not
-//! dispatched again (local waiters were woken when the hint was published).
+//! dedicated connection with `synchronous_commit = off`: a NOTIFY inside a write transaction
+//! holds Postgres's notification-queue lock through its commit (WAL flush included), so such
+//! commits serialize. The first hint after a quiet period goes out at once; under load, batches
+//! start at least `HINT_MIN_INTERVAL` (1 ms) apart, so hints cost the server a bounded number of
+//! (non-durable) transactions per second. The sender reconnects on failure; a batch that cannot be
+//! sent after one reconnection is dropped (waiters fall back to polling) rather than delaying
+//! newer hints.
+//!
+//! Inline hints: while no other inline hint of this process is in flight, a latency-critical
+//! write (enqueue, completion) may instead carry its NOTIFY in its own statement
+//! ([`Notifier::inline_slot`]); that saves the separate hint transaction on sequential paths and
+//! costs nothing under load, where the slot is busy and hints go to the batch sender.
+//!
+//! Every payload starts with this notifier's random origin tag: a process's own hints come back
+//! on its LISTEN connection and are not dispatched again (local waiters were woken when the
+//! hint was published).
+//!
+//! Every wake-up is also kept, briefly, in a short log of recent keys, so that a waiter
+//! registered *after* a write may still learn that its key was woken since a [`Mark`] taken
+//! before that write ([`Notifier::register_since`]); this lets callers skip a probe they would
+//! otherwise need (a freshly claimed run's inbox, the first status read of a just-started run).
 //!
 //! One exception: [`crate::SystemDatabase::send`] puts its hint in the message insert's own
 //! statement (delivered at that commit), because send -> consume latency is what messages are
@@ -31,9 +44,9 @@
 //! one short read transaction in *every* backend listening on the namespace's channel, which
 //! Postgres runs to read its notification queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -115,38 +128,79 @@ struct Counters {
 
 type WaiterMap = HashMap<WakeKey, Vec<Arc<Notify>>>;
 
+/// How many recent wake-ups the log keeps for [`Notifier::register_since`].
+const RECENT_WAKES: usize = 4096;
+
+/// A point in this process's sequence of wake-ups (see [`Notifier::register_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Listener generation: a reconnection (possible missed notifications) bumps it.
+    epoch: u64,
+    /// Sequence number of the last wake-up before the mark.
+    seq: u64,
+}
+
+/// Waiters plus the short log of recent wake-ups, under one lock.
+#[derive(Default)]
+struct State {
+    waiters: WaiterMap,
+    recent: VecDeque<(u64, WakeKey)>,
+    seq: u64,
+    epoch: u64,
+}
+
 struct Shared {
-    waiters: Mutex<WaiterMap>,
+    state: Mutex<State>,
     fallback: Duration,
     shutdown: watch::Sender<bool>,
     counters: Counters,
-    /// Backend pid of this process's hint sender (0 while it has none). Notifications from it
-    /// are this process's own hints coming back: local waiters were woken when they were
+    /// Random tag starting every payload this notifier publishes: notifications carrying it are
+    /// this process's own hints coming back, and local waiters were woken when they were
     /// published, so they are not dispatched again (no spurious re-probes).
-    own_sender_pid: AtomicU32,
+    origin: String,
+    /// Whether an inline hint (NOTIFY inside a write's statement) is in flight.
+    inline_busy: AtomicBool,
 }
 
 impl Shared {
-    fn map(&self) -> MutexGuard<'_, WaiterMap> {
-        // The map is never left half-updated by a panic (only Vec/HashMap calls under the lock),
-        // so a poisoned lock is still consistent.
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is never left half-updated by a panic (only collection calls under the
+        // lock), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wake(&self, key: &WakeKey) {
-        if let Some(list) = self.map().get(key) {
+        let mut st = self.state();
+        st.seq += 1;
+        let seq = st.seq;
+        if st.recent.len() == RECENT_WAKES {
+            st.recent.pop_front();
+        }
+        st.recent.push_back((seq, key.clone()));
+        if let Some(list) = st.waiters.get(key) {
             for n in list {
                 n.notify_one();
             }
         }
     }
 
-    fn wake_all(&self) {
-        for list in self.map().values() {
+    /// Wakes every waiter; with `new_epoch`, marks taken before can no longer vouch that
+    /// nothing happened (notifications may have been missed).
+    fn wake_all(&self, new_epoch: bool) {
+        let mut st = self.state();
+        if new_epoch {
+            st.epoch += 1;
+        }
+        for list in st.waiters.values() {
             for n in list {
                 n.notify_one();
             }
         }
+    }
+
+    /// The payload of `key` as this notifier publishes it (origin tag first).
+    fn payload(&self, key: &WakeKey) -> String {
+        format!("{}{SEP}{}", self.origin, key.payload())
     }
 
     fn is_shut_down(&self) -> bool {
@@ -190,11 +244,11 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut map = self.shared.map();
-        if let Some(list) = map.get_mut(&self.key) {
+        let mut st = self.shared.state();
+        if let Some(list) = st.waiters.get_mut(&self.key) {
             list.retain(|n| !Arc::ptr_eq(n, &self.notify));
             if list.is_empty() {
-                map.remove(&self.key);
+                st.waiters.remove(&self.key);
             }
         }
     }
@@ -207,11 +261,12 @@ impl Notifier {
         let channel = channel_name(&config.schema);
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            waiters: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             fallback: config.fallback_poll_interval,
             shutdown,
             counters: Counters::default(),
-            own_sender_pid: AtomicU32::new(0),
+            origin: format!("{:08x}", rand::random::<u32>()),
+            inline_busy: AtomicBool::new(false),
         });
         let first = crate::db::retry_with(config, "open LISTEN connection", || {
             open_listener(options, &channel)
@@ -234,23 +289,83 @@ impl Notifier {
 
     /// Registers interest in `key`.
     pub(crate) fn register(&self, key: WakeKey) -> Waiter {
+        self.register_inner(key, None).0
+    }
+
+    /// The current point in this process's sequence of wake-ups.
+    pub(crate) fn mark(&self) -> Mark {
+        let st = self.shared.state();
+        Mark {
+            epoch: st.epoch,
+            seq: st.seq,
+        }
+    }
+
+    /// Registers interest in `key`, already woken if `key` was woken after `since` (or if that
+    /// cannot be ruled out: the listener reconnected, or the log of recent wake-ups no longer
+    /// reaches back to `since`). A caller that took `since` before a write may then skip probing
+    /// for what the write's notification would have told it.
+    /// The flag says whether it was woken so.
+    pub(crate) fn register_since(&self, key: WakeKey, since: Mark) -> (Waiter, bool) {
+        self.register_inner(key, Some(since))
+    }
+
+    fn register_inner(&self, key: WakeKey, since: Option<Mark>) -> (Waiter, bool) {
         let notify = Arc::new(Notify::new());
-        self.shared
-            .map()
+        let mut st = self.shared.state();
+        st.waiters
             .entry(key.clone())
             .or_default()
             .push(notify.clone());
-        Waiter {
+        let mut woken = false;
+        if let Some(m) = since {
+            let covered = st.epoch == m.epoch
+                && st
+                    .recent
+                    .front()
+                    .is_none_or(|(first, _)| *first <= m.seq + 1);
+            woken = !covered
+                || st
+                    .recent
+                    .iter()
+                    .rev()
+                    .take_while(|(seq, _)| *seq > m.seq)
+                    .any(|(_, k)| *k == key);
+            if woken {
+                notify.notify_one();
+            }
+        }
+        drop(st);
+        let waiter = Waiter {
             notify,
             key,
             shared: self.shared.clone(),
-        }
+        };
+        (waiter, woken)
+    }
+
+    /// The payload of `key` as published by this notifier (for statements carrying their own
+    /// NOTIFY).
+    pub(crate) fn payload(&self, key: &WakeKey) -> String {
+        self.shared.payload(key)
+    }
+
+    /// Takes the inline-hint slot if it is free: the caller may then put its NOTIFY in its own
+    /// write statement (and call [`Self::wake_local`] after the commit). `None` means another
+    /// inline hint is in flight: publish with [`Self::notify`] after the commit instead, so
+    /// that concurrent commits do not queue on the notification lock.
+    pub(crate) fn inline_slot(&self) -> Option<InlineSlot<'_>> {
+        self.shared
+            .inline_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| InlineSlot(&self.shared.inline_busy))
     }
 
     /// Publishes a hint after a commit: wakes local waiters at once and tells other processes.
     pub(crate) fn notify(&self, key: WakeKey) {
         self.shared.wake(&key);
-        if self.outbox.send(key.payload()).is_err() {
+        if self.outbox.send(self.shared.payload(&key)).is_err() {
             self.shared
                 .counters
                 .hints_dropped
@@ -266,7 +381,7 @@ impl Notifier {
     /// Stops the background tasks and wakes every waiter.
     pub(crate) fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
-        self.shared.wake_all();
+        self.shared.wake_all(true);
     }
 
     pub(crate) fn stats(&self) -> NotifierStats {
@@ -277,6 +392,76 @@ impl Notifier {
             batches_sent: c.batches_sent.load(Ordering::Relaxed),
             hints_dropped: c.hints_dropped.load(Ordering::Relaxed),
             sender_connects: c.sender_connects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The inline-hint slot, held while a write carrying its own NOTIFY is in flight.
+pub(crate) struct InlineSlot<'a>(&'a AtomicBool);
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The wake-ups of one write: inline in its statement when the inline slot was free, else
+/// published after its commit. Bind [`Hints::channel`] and [`Hints::payloads`] to a
+/// `SELECT count(pg_notify(channel, p)) FROM unnest(payloads) p` part of the statement (the
+/// payload list is empty when the hints are not inline), then call [`Hints::published`] once
+/// the write has committed.
+pub(crate) struct Hints<'a> {
+    notifier: &'a Notifier,
+    keys: Vec<WakeKey>,
+    payloads: Vec<String>,
+    channel: String,
+    _slot: Option<InlineSlot<'a>>,
+}
+
+impl Hints<'_> {
+    /// The namespace's NOTIFY channel.
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The payloads the statement must publish (empty when not inline).
+    pub(crate) fn payloads(&self) -> &[String] {
+        &self.payloads
+    }
+
+    /// After the commit: wakes local waiters, and publishes the hints through the sender unless
+    /// the statement carried them.
+    pub(crate) fn published(self) {
+        let inline = !self.payloads.is_empty();
+        for key in &self.keys {
+            if inline {
+                self.notifier.wake_local(key);
+            } else {
+                self.notifier.notify(key.clone());
+            }
+        }
+    }
+}
+
+impl Notifier {
+    /// The wake-ups of one write of `keys` (inline when the slot is free).
+    pub(crate) fn hints(&self, schema: &str, keys: Vec<WakeKey>) -> Hints<'_> {
+        let slot = if keys.is_empty() {
+            None
+        } else {
+            self.inline_slot()
+        };
+        let payloads = if slot.is_some() {
+            keys.iter().map(|k| self.payload(k)).collect()
+        } else {
+            Vec::new()
+        };
+        Hints {
+            notifier: self,
+            keys,
+            payloads,
+            channel: channel_name(schema),
+            _slot: slot,
         }
     }
 }
@@ -363,14 +548,14 @@ async fn listen_loop(
                         info!(%channel, "LISTEN connection re-established; waking all waiters");
                         // LISTEN is in place: whatever was committed while no one listened is
                         // found by the waiters' re-probe.
-                        shared.wake_all();
+                        shared.wake_all(true);
                         backoff = RECONNECT_FIRST;
                         l
                     }
                     Err(e) => {
                         warn!(error = %e, retry_in = ?backoff, "cannot re-open the LISTEN connection");
                         // Nobody hears hints meanwhile: let waiters poll at the reconnect pace.
-                        shared.wake_all();
+                        shared.wake_all(true);
                         tokio::select! {
                             _ = tokio::time::sleep(jittered(backoff)) => {}
                             _ = shutdown.changed() => return,
@@ -405,11 +590,13 @@ async fn listen_loop(
                         .counters
                         .notifications_received
                         .fetch_add(1, Ordering::Relaxed);
-                    let own = shared.own_sender_pid.load(Ordering::Relaxed);
-                    if own != 0 && n.process_id() == own {
+                    let Some((origin, rest)) = n.payload().split_once(SEP) else {
+                        continue;
+                    };
+                    if origin == shared.origin {
                         continue;
                     }
-                    if let Some(key) = WakeKey::parse(n.payload()) {
+                    if let Some(key) = WakeKey::parse(rest) {
                         shared.wake(&key);
                     }
                 }
@@ -419,30 +606,19 @@ async fn listen_loop(
         };
         warn!(reason = %lost, "LISTEN connection lost; reconnecting");
         drop(listener);
-        shared.wake_all();
+        shared.wake_all(true);
     }
 }
 
 async fn open_sender(options: &PgConnectOptions, shared: &Shared) -> Option<PgConnection> {
     // Hints are not data: their commit need not wait for the WAL flush.
     let options = options.clone().options([("synchronous_commit", "off")]);
-    shared.own_sender_pid.store(0, Ordering::Relaxed);
     match options.connect().await {
-        Ok(mut c) => {
+        Ok(c) => {
             shared
                 .counters
                 .sender_connects
                 .fetch_add(1, Ordering::Relaxed);
-            // Best effort: without it, own hints are merely dispatched twice.
-            match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
-                .fetch_one(&mut c)
-                .await
-            {
-                Ok(pid) => shared
-                    .own_sender_pid
-                    .store(u32::try_from(pid).unwrap_or(0), Ordering::Relaxed),
-                Err(e) => debug!(error = %e, "cannot read the sender's backend pid"),
-            }
             Some(c)
         }
         Err(e) => {
@@ -529,7 +705,6 @@ async fn send_loop(
                     shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
                 } else {
                     conn = None;
-                    shared.own_sender_pid.store(0, Ordering::Relaxed);
                     warn!(hints = batch.len(), "dropping notification hints");
                     shared
                         .counters
@@ -548,9 +723,27 @@ impl crate::SystemDatabase {
         self.inner.notifier.register(key)
     }
 
+    /// The current point in this process's sequence of wake-ups; see
+    /// [`Self::register_waiter_since`].
+    pub fn wake_mark(&self) -> Mark {
+        self.inner.notifier.mark()
+    }
+
+    /// Registers interest in `key`, already woken when `key` was (or may have been) woken since
+    /// `since`. With a mark taken before a write, a caller that finds its waiter not woken knows
+    /// that no notification for `key` reached this process since then, and may skip a probe.
+    pub fn register_waiter_since(&self, key: WakeKey, since: Mark) -> Waiter {
+        self.inner.notifier.register_since(key, since).0
+    }
+
     /// Publishes a wake-up hint for `key` (call after the commit that made it true).
     pub fn notify(&self, key: WakeKey) {
         self.inner.notifier.notify(key)
+    }
+
+    /// The wake-ups of one write of `keys` (see [`Hints`]).
+    pub(crate) fn hints(&self, keys: Vec<WakeKey>) -> Hints<'_> {
+        self.inner.notifier.hints(self.schema(), keys)
     }
 
     /// Counters of this handle's notification plumbing.
@@ -565,6 +758,23 @@ impl crate::SystemDatabase {
         &self,
         key: WakeKey,
         timeout: Option<Duration>,
+        probe: F,
+    ) -> Result<Option<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        self.wait_for_since(key, timeout, None, probe).await
+    }
+
+    /// [`Self::wait_for`], for a caller that knows the probe would have found nothing at
+    /// `since` (a mark taken before the write that creates what it waits for): unless `key`
+    /// was woken since then, the first probe is skipped and the wait starts at once.
+    pub async fn wait_for_since<T, F, Fut>(
+        &self,
+        key: WakeKey,
+        timeout: Option<Duration>,
+        since: Option<Mark>,
         mut probe: F,
     ) -> Result<Option<T>>
     where
@@ -572,13 +782,21 @@ impl crate::SystemDatabase {
         Fut: Future<Output = Result<Option<T>>>,
     {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let waiter = self.register_waiter(key);
-        loop {
-            if let Some(v) = probe().await? {
-                return Ok(Some(v));
+        let (waiter, mut skip_probe) = match since {
+            Some(mark) => {
+                let (w, woken) = self.inner.notifier.register_since(key, mark);
+                (w, !woken)
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
+            None => (self.register_waiter(key), false),
+        };
+        loop {
+            if !std::mem::take(&mut skip_probe) {
+                if let Some(v) = probe().await? {
+                    return Ok(Some(v));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
             }
             if self.inner.notifier.shared.is_shut_down() {
                 return Err(crate::Error::Shutdown);

@@ -66,7 +66,7 @@ use crate::SystemDatabase;
 use crate::db::validate_text;
 use crate::error::{Error, Result};
 use crate::notifier::{Waiter, WakeKey};
-use crate::workflows::{STATUS_COLUMNS, WorkflowStatus, status_from_row};
+use crate::workflows::{CLAIM_FACT_COLUMNS, STATUS_COLUMNS, WorkflowStatus, status_from_row};
 
 /// How long this process trusts its cached knowledge of whether a queue has limits.
 pub const QUEUE_CONFIG_TTL: Duration = Duration::from_secs(1);
@@ -661,7 +661,7 @@ impl SystemDatabase {
                 SET {CLAIM_SET}, rate_limited = FALSE
               WHERE w.workflow_uuid IN (SELECT workflow_uuid FROM pick)
                 AND w.status IN ('ENQUEUED', 'DELAYED')
-             RETURNING {STATUS_COLUMNS}"
+             RETURNING {STATUS_COLUMNS}, {CLAIM_FACT_COLUMNS}"
         ));
         let rows = sqlx::query(&sql)
             .bind(executor_id)
@@ -727,7 +727,7 @@ impl SystemDatabase {
                     rate_limited = COALESCE((SELECT rate_limit_max IS NOT NULL FROM cfg), FALSE)
               WHERE w.workflow_uuid IN (SELECT workflow_uuid FROM pick)
                 AND w.status IN ('ENQUEUED', 'DELAYED')
-             RETURNING {STATUS_COLUMNS}"
+             RETURNING {STATUS_COLUMNS}, {CLAIM_FACT_COLUMNS}"
         ));
         let rows = sqlx::query(&sql)
             .bind(executor_id)

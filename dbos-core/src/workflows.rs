@@ -19,6 +19,14 @@ pub(crate) const STATUS_COLUMNS: &str = "workflow_uuid, status, name, queue_name
      workflow_deadline_epoch_ms, parent_workflow_id, attributes, application_version, \
      forked_from, delay_until_epoch_ms";
 
+/// Extra columns of the claim statements (the updated row is aliased `w`): whether the run has
+/// checkpoints and unconsumed messages, read in the claim's own snapshot (see
+/// [`ClaimFacts`]).
+pub(crate) const CLAIM_FACT_COLUMNS: &str = "EXISTS (SELECT 1 FROM {s}.operation_outputs o
+        WHERE o.workflow_uuid = w.workflow_uuid) AS dbosify_has_steps,
+     EXISTS (SELECT 1 FROM {s}.notifications n
+        WHERE n.destination_uuid = w.workflow_uuid AND NOT n.consumed) AS dbosify_has_messages";
+
 /// How many times enqueue re-runs its statement when the id's row was inserted by a concurrent,
 /// then-uncommitted enqueue (see [`SystemDatabase::enqueue`]).
 const ENQUEUE_SNAPSHOT_RETRIES: usize = 5;
@@ -61,6 +69,16 @@ pub(crate) fn status_from_row(row: &PgRow) -> Result<WorkflowStatus> {
         application_version: row.try_get("application_version")?,
         forked_from: row.try_get("forked_from")?,
         delay_until_epoch_ms: row.try_get("delay_until_epoch_ms")?,
+        claim_facts: match (
+            row.try_get::<bool, _>("dbosify_has_steps"),
+            row.try_get::<bool, _>("dbosify_has_messages"),
+        ) {
+            (Ok(has_steps), Ok(has_messages)) => Some(ClaimFacts {
+                has_steps,
+                has_messages,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -244,6 +262,20 @@ pub struct WorkflowStatus {
     pub forked_from: Option<String>,
     /// Earliest start, epoch ms, when DELAYED.
     pub delay_until_epoch_ms: Option<i64>,
+    /// What the claim that returned this row saw of the run; `None` on rows not returned by
+    /// [`SystemDatabase::claim`] (or returned by it after a lost acknowledgement).
+    pub claim_facts: Option<ClaimFacts>,
+}
+
+/// Facts read by a claim in its own snapshot, so that the claimer may skip reads: a run with
+/// no checkpoints has no history to replay, and messages sent after the claim's snapshot were
+/// notified after it (see [`SystemDatabase::register_waiter_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimFacts {
+    /// The run has at least one checkpoint.
+    pub has_steps: bool,
+    /// The run has at least one unconsumed message.
+    pub has_messages: bool,
 }
 
 /// A terminal outcome to record.
@@ -329,7 +361,7 @@ impl SystemDatabase {
              msg AS (
                 INSERT INTO {s}.notifications (destination_uuid, topic, message,
                     created_at_epoch_ms, message_uuid)
-                SELECT workflow_uuid, $16, $17, $7, $18 FROM ins
+                SELECT workflow_uuid, $18, $19, $7, $20 FROM ins
                 ON CONFLICT (message_uuid) DO NOTHING)"
         } else {
             ""
@@ -343,12 +375,23 @@ impl SystemDatabase {
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)
                 ON CONFLICT (workflow_uuid) DO NOTHING
                 RETURNING {STATUS_COLUMNS}, true AS created){message_cte}
-             SELECT * FROM ins
+             SELECT *, (SELECT count(pg_notify($16, p)) FROM unnest($17::text[]) AS p) AS hinted
+               FROM ins
              UNION ALL
-             SELECT {STATUS_COLUMNS}, owner_xid IS NOT DISTINCT FROM $15 AS created
+             SELECT {STATUS_COLUMNS}, owner_xid IS NOT DISTINCT FROM $15 AS created, 0 AS hinted
                FROM {{s}}.workflow_status
               WHERE workflow_uuid = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
         ));
+        // The statement publishes the wake-ups of a run it creates when the inline slot is free
+        // (see `notifier`); otherwise they are published after the commit.
+        let mut keys = Vec::new();
+        if first_message.is_some() {
+            keys.push(WakeKey::Message(request.workflow_id.clone()));
+        }
+        if state == RunState::Enqueued {
+            keys.push(WakeKey::Queue(request.queue_name.clone()));
+        }
+        let hints = self.hints(keys);
         // When a concurrent enqueue of the same id has not committed yet, the insert waits for
         // it and then does nothing, but the fallback read still uses the statement's snapshot,
         // taken before that commit, and finds no row. A new statement sees the committed row
@@ -373,6 +416,7 @@ impl SystemDatabase {
                         .bind(&request.application_version)
                         .bind(delay_until)
                         .bind(&owner);
+                    query = query.bind(hints.channel()).bind(hints.payloads());
                     if let Some(m) = &first_message {
                         query = query.bind(m.topic).bind(m.body).bind(m.message_id);
                     }
@@ -398,11 +442,19 @@ impl SystemDatabase {
         let created: bool = row.try_get("created")?;
         let status = status_from_row(&row)?;
         if created {
-            if first_message.is_some() {
-                self.notify(WakeKey::Message(request.workflow_id.clone()));
-            }
-            if state == RunState::Enqueued {
-                self.notify(WakeKey::Queue(request.queue_name.clone()));
+            // A retry whose first attempt committed carried no inline hint in this statement
+            // (nothing was inserted): publish after the fact then.
+            let inline_ran = row.try_get::<i64, _>("hinted").unwrap_or(0) > 0;
+            if inline_ran || hints.payloads().is_empty() {
+                hints.published();
+            } else {
+                drop(hints);
+                if first_message.is_some() {
+                    self.notify(WakeKey::Message(request.workflow_id.clone()));
+                }
+                if state == RunState::Enqueued {
+                    self.notify(WakeKey::Queue(request.queue_name.clone()));
+                }
             }
             Ok(Enqueued::Created(status))
         } else {
@@ -456,36 +508,47 @@ impl SystemDatabase {
         // Computed once, outside the retry loop: a retried write carries the same values.
         let now = crate::now_ms();
         let guard = if executor_id.is_some() {
-            " AND executor_id = $6"
+            " AND executor_id = $8"
         } else {
             ""
         };
+        // The awaiters' and the run's wake-ups ride in the statement when the inline slot is
+        // free (see `notifier`).
         let sql = self.sql(&format!(
             "UPDATE {{s}}.workflow_status
                 SET status = $2, output = $3, error = $4, updated_at = $5, completed_at = $5,
                     deduplication_id = NULL
               WHERE workflow_uuid = $1 AND status = 'PENDING'{guard}
-             RETURNING queue_name"
+             RETURNING queue_name,
+                (SELECT count(pg_notify($6, p)) FROM unnest($7::text[]) AS p) AS hinted"
         ));
-        let updated: Option<Option<String>> = self
+        let hints = self.hints(vec![
+            WakeKey::Completion(workflow_id.to_string()),
+            WakeKey::Status(workflow_id.to_string()),
+        ]);
+        let updated: Option<(Option<String>, i64)> = self
             .retry("complete", || {
-                let mut q = sqlx::query_scalar(&sql)
+                let mut q = sqlx::query_as(&sql)
                     .bind(workflow_id)
                     .bind(state.as_str())
                     .bind(output)
                     .bind(error)
-                    .bind(now);
+                    .bind(now)
+                    .bind(hints.channel())
+                    .bind(hints.payloads());
                 if let Some(e) = executor_id {
                     q = q.bind(e);
                 }
                 q.fetch_optional(self.pool())
             })
             .await?;
-        if let Some(queue) = updated {
+        if let Some((queue, _)) = updated {
             debug!(workflow_id, state = state.as_str(), "run completed");
-            self.notify_finished(workflow_id, queue.as_deref());
+            hints.published();
+            self.notify_queue_slot_freed(queue.as_deref());
             return Ok(CompleteResult::Recorded);
         }
+        drop(hints);
         let current = self
             .status(workflow_id)
             .await?
@@ -515,6 +578,12 @@ impl SystemDatabase {
     pub(crate) fn notify_finished(&self, workflow_id: &str, queue: Option<&str>) {
         self.notify(WakeKey::Completion(workflow_id.to_string()));
         self.notify(WakeKey::Status(workflow_id.to_string()));
+        self.notify_queue_slot_freed(queue);
+    }
+
+    /// Wakes the workers of `queue` when it has a concurrency limit (a run left it, so a slot
+    /// was freed).
+    fn notify_queue_slot_freed(&self, queue: Option<&str>) {
         if let Some(q) = queue
             && self.queue_has_concurrency_limit(q)
         {
@@ -532,10 +601,24 @@ impl SystemDatabase {
         workflow_id: &str,
         timeout: Option<Duration>,
     ) -> Result<Option<WorkflowStatus>> {
+        self.await_outcome_since(workflow_id, timeout, None).await
+    }
+
+    /// [`Self::await_outcome`] for a run known not to be terminal at `since` (a mark taken
+    /// before the run was enqueued): the first read is skipped unless a completion of the run
+    /// may have been notified since then. A run that does not exist is then reported only
+    /// after the first wake-up.
+    pub async fn await_outcome_since(
+        &self,
+        workflow_id: &str,
+        timeout: Option<Duration>,
+        since: Option<crate::Mark>,
+    ) -> Result<Option<WorkflowStatus>> {
         validate_text("workflow id", workflow_id)?;
-        self.wait_for(
+        self.wait_for_since(
             WakeKey::Completion(workflow_id.to_string()),
             timeout,
+            since,
             || async move {
                 match self.status(workflow_id).await? {
                     None => Err(Error::UnknownRun(workflow_id.to_string())),

@@ -361,14 +361,17 @@ impl Client {
             .start_run(workflow.name(), &payloads, options, false, None)
             .await?
         {
-            Started::Created(run) | Started::Existing(run) => Ok(self.handle(&workflow_id, &run)),
+            Started::Created(run, mark) => Ok(self.handle(&workflow_id, &run, Some(mark))),
+            Started::Existing(run) => Ok(self.handle(&workflow_id, &run, None)),
         }
     }
 
+    /// A handle on `run`; `started` is the wake-up mark taken before this client created it.
     fn handle<W>(
         &self,
         workflow_id: &str,
         run: &dbos_core::WorkflowStatus,
+        started: Option<dbos_core::Mark>,
     ) -> WorkflowHandle<Self, W> {
         let first = RunAttributes::of_run(run)
             .ok()
@@ -383,6 +386,7 @@ impl Client {
                 first_execution_run_id: Some(first),
             },
         )
+        .with_start_mark(started)
     }
 
     async fn start_attributes(

@@ -1144,6 +1144,7 @@ mod tests {
             application_version: None,
             forked_from: None,
             delay_until_epoch_ms: None,
+            claim_facts: None,
         }
     }
 

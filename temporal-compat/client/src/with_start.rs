@@ -148,8 +148,9 @@ pub enum WorkflowUpdateWithStartError {
 
 /// What starting with a first message did.
 pub(crate) enum Started {
-    /// A new run was created (with the message in its inbox, when there was one).
-    Created(dbos_core::WorkflowStatus),
+    /// A new run was created (with the message in its inbox, when there was one); the mark
+    /// was taken before its enqueue (see [`dbos_core::SystemDatabase::await_outcome_since`]).
+    Created(dbos_core::WorkflowStatus, dbos_core::Mark),
     /// An open run of the id is kept (conflict policy); the message was NOT sent.
     Existing(dbos_core::WorkflowStatus),
 }
@@ -207,7 +208,7 @@ impl Client {
             .start_run(workflow.name(), &input, options, true, Some(&message))
             .await?;
         match started {
-            Started::Created(status) => Ok(self.handle(&workflow_id, &status)),
+            Started::Created(status, mark) => Ok(self.handle(&workflow_id, &status, Some(mark))),
             Started::Existing(status) => {
                 let run = status.workflow_id.clone();
                 let (body, key) = message(&run);
@@ -216,7 +217,7 @@ impl Client {
                     .await
                     .map_err(protocol::ProtocolError::from)?;
                 debug!(run = %run, signal = %signal.name(), "signal-with-start signalled the running workflow");
-                Ok(self.handle(&workflow_id, &status))
+                Ok(self.handle(&workflow_id, &status, None))
             }
         }
     }
@@ -274,11 +275,11 @@ impl Client {
             .await
             .map_err(WorkflowUpdateWithStartError::Start)?
         {
-            Started::Created(s) | Started::Existing(s) => s,
+            Started::Created(s, _) | Started::Existing(s) => s,
         };
         // For a new run the request is already in its inbox (the send below is an idempotent
         // no-op); for a kept run it is sent now. Either way, wait for the admission.
-        let handle: WorkflowHandle<Self, W> = self.handle(&workflow_id, &status);
+        let handle: WorkflowHandle<Self, W> = self.handle(&workflow_id, &status, None);
         handle
             .start_update_payloads(
                 &update_name,
@@ -408,6 +409,7 @@ impl Client {
             let mut run_attrs = attrs.clone();
             run_attrs.first_execution_run_id = Some(run_id.clone());
             let request = protocol::new_run_request(&run_id, &run_attrs, input);
+            let mark = db.wake_mark();
             let enqueued = match message {
                 Some(message) => {
                     let (body, key) = message(&run_id);
@@ -420,7 +422,7 @@ impl Client {
                 dbos_core::Enqueued::Created(status) => {
                     info!(workflow_id = %workflow_id, run_id = %run_id, workflow_type = %attrs.workflow_type,
                           task_queue = %attrs.task_queue, first_message = message.is_some(), "workflow started");
-                    return Ok(Started::Created(status));
+                    return Ok(Started::Created(status, mark));
                 }
                 dbos_core::Enqueued::Existing(_) => {
                     debug!(run_id = %run_id, "run exists already (an earlier run, or a lost start race), re-evaluating");

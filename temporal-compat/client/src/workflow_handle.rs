@@ -191,6 +191,9 @@ pub type UntypedWorkflowHandle<CT> = WorkflowHandle<CT, UntypedWorkflow>;
 pub struct WorkflowHandle<ClientT, W> {
     client: ClientT,
     info: WorkflowExecutionInfo,
+    /// Set on the handle returned by the start that created the run: the wake-up mark taken
+    /// before its enqueue, which spares `get_result` its first read.
+    start_mark: Option<dbos_core::Mark>,
     _wf_type: PhantomData<fn() -> W>,
 }
 
@@ -199,6 +202,7 @@ impl<CT: Clone, W> Clone for WorkflowHandle<CT, W> {
         Self {
             client: self.client.clone(),
             info: self.info.clone(),
+            start_mark: self.start_mark,
             _wf_type: PhantomData,
         }
     }
@@ -223,8 +227,15 @@ impl<CT, W> WorkflowHandle<CT, W> {
         Self {
             client,
             info,
+            start_mark: None,
             _wf_type: PhantomData,
         }
+    }
+
+    /// Records the wake-up mark taken before the start that created this handle's run.
+    pub(crate) fn with_start_mark(mut self, mark: Option<dbos_core::Mark>) -> Self {
+        self.start_mark = mark;
+        self
     }
 
     /// The identifying information.
@@ -438,9 +449,11 @@ where
             .rpc_options
             .timeout
             .map(|t| tokio::time::Instant::now() + t);
+        // The run this handle's start created was not closed before that start's mark.
+        let mut since = self.start_mark.filter(|_| own_run);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-            let awaited = match db.await_outcome(&run, left).await {
+            let awaited = match db.await_outcome_since(&run, left, since.take()).await {
                 Err(dbos_core::Error::UnknownRun(_)) if std::mem::take(&mut own_run) => {
                     return Err(status_to_get_result(self.not_found()));
                 }

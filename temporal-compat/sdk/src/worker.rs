@@ -264,7 +264,7 @@ impl Worker {
             match db.recover_own_runs(&self.identity).await {
                 Ok(runs) => {
                     for s in runs {
-                        threads.dispatch(&engine, s);
+                        threads.dispatch(&engine, s, None);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot recover this worker's earlier runs"),
@@ -285,11 +285,14 @@ impl Worker {
             let mut full_batch = false;
             if free > 0 {
                 let want = free.min(claim_batch);
+                // Wake-ups from here on are known to the runs claimed now (their inbox and
+                // status waiters start from this mark).
+                let mark = db.wake_mark();
                 match db.claim(&self.identity, &queues, want).await {
                     Ok(runs) => {
                         full_batch = runs.len() == want;
                         for s in runs {
-                            threads.dispatch(&engine, s);
+                            threads.dispatch(&engine, s, Some(mark));
                         }
                     }
                     Err(e) => {

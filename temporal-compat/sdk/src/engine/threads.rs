@@ -4,7 +4,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use dbos_core::WorkflowStatus;
+use dbos_core::{Mark, WorkflowStatus};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -13,7 +13,7 @@ use super::run;
 
 /// The pool of workflow threads of one worker.
 pub(crate) struct WorkflowThreads {
-    senders: Vec<mpsc::UnboundedSender<WorkflowStatus>>,
+    senders: Vec<mpsc::UnboundedSender<(WorkflowStatus, Option<Mark>)>>,
     joins: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -23,7 +23,7 @@ impl WorkflowThreads {
         let mut senders = Vec::with_capacity(n);
         let mut joins = Vec::with_capacity(n);
         for i in 0..n.max(1) {
-            let (tx, mut rx) = mpsc::unbounded_channel::<WorkflowStatus>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<(WorkflowStatus, Option<Mark>)>();
             let engine = engine.clone();
             let join = std::thread::Builder::new()
                 .name(format!("temporal-wf-{i}"))
@@ -43,8 +43,8 @@ impl WorkflowThreads {
                         loop {
                             tokio::select! {
                                 status = rx.recv() => match status {
-                                    Some(status) => {
-                                        tokio::task::spawn_local(run::drive(engine.clone(), status));
+                                    Some((status, mark)) => {
+                                        tokio::task::spawn_local(run::drive(engine.clone(), status, mark));
                                     }
                                     None => break,
                                 },
@@ -62,16 +62,17 @@ impl WorkflowThreads {
     }
 
     /// Hands a claimed run to its thread (chosen by run id, so a run always lands on the same
-    /// thread within this worker).
-    pub(crate) fn dispatch(&self, engine: &Engine, status: WorkflowStatus) {
+    /// thread within this worker). `mark`, when the run was just claimed, is the wake-up mark
+    /// taken before the claim.
+    pub(crate) fn dispatch(&self, engine: &Engine, status: WorkflowStatus, mark: Option<Mark>) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         status.workflow_id.hash(&mut h);
         let i = (h.finish() as usize) % self.senders.len().max(1);
         engine.run_started();
         if let Some(tx) = self.senders.get(i)
-            && let Err(e) = tx.send(status)
+            && let Err(e) = tx.send((status, mark))
         {
-            warn!(run_id = %e.0.workflow_id, "workflow thread is gone; run not started");
+            warn!(run_id = %e.0.0.workflow_id, "workflow thread is gone; run not started");
             engine.run_ended();
         }
     }

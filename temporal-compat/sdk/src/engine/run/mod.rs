@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbos_core::{Checkpoint, CompleteResult, StepWrite, WakeKey, WorkflowStatus};
+use dbos_core::{Checkpoint, CompleteResult, Mark, StepWrite, WakeKey, WorkflowStatus};
 use temporal_compat_client::protocol::{
     self, INBOX_TOPIC, InboxMessage, QUERY_TOPIC, QueryAnswer, QueryRequest, RunAttributes,
     TerminalOutcome, UpdateAdmission, UpdateOutcome,
@@ -100,10 +100,11 @@ impl Drop for HeldGuard {
 pub(crate) use closed::answer_closed;
 
 /// Drives one claimed run until it finishes, is decided elsewhere, or the worker halts.
-pub(crate) async fn drive(engine: Arc<Engine>, status: WorkflowStatus) {
+pub(crate) async fn drive(engine: Arc<Engine>, status: WorkflowStatus, mark: Option<Mark>) {
     let _held = HeldGuard(engine.clone());
     debug!(run_id = %status.workflow_id, "run task started");
     let mut driver = Driver::new(engine, status);
+    driver.claim_mark = mark;
     driver.main().await;
     cache::forget(&driver.run_id);
     driver.abort_activities();
@@ -159,6 +160,7 @@ impl Driver {
             init: None,
             replay_only: false,
             update_msgs: HashMap::new(),
+            claim_mark: None,
         }
     }
 }
@@ -207,6 +209,9 @@ struct Driver {
     /// activation are executed: activities started meanwhile load their durable attempt number
     /// and heartbeat details.
     recovering: bool,
+    /// The wake-up mark taken before the claim that returned this run (see
+    /// [`dbos_core::ClaimFacts`]).
+    claim_mark: Option<Mark>,
 }
 
 fn job(v: Variant) -> WorkflowActivationJob {
@@ -240,26 +245,51 @@ impl Driver {
         };
         self.factory = Some(factory.clone());
         self.init = Some(init.clone());
-        // Register before probing: a message sent from now on wakes the run.
-        let mut status_waiter = self
-            .engine
-            .db
-            .register_waiter(WakeKey::Status(self.run_id.clone()));
-        let mut inbox_waiter = self
-            .engine
-            .db
-            .register_waiter(WakeKey::Message(self.run_id.clone()));
+        // Register before probing: a message sent from now on wakes the run. With the claim's
+        // mark, a message sent since the claim began has woken the waiter already.
+        let key_since = |key: WakeKey| match self.claim_mark {
+            Some(mark) => self.engine.db.register_waiter_since(key, mark),
+            None => self.engine.db.register_waiter(key),
+        };
+        let mut status_waiter = key_since(WakeKey::Status(self.run_id.clone()));
+        let mut inbox_waiter = key_since(WakeKey::Message(self.run_id.clone()));
+        // What the claim saw spares the reads of a fresh run: no checkpoints, no history to
+        // load; no unconsumed messages in the claim's snapshot, and any sent since woke the
+        // inbox waiter.
+        let facts = self
+            .status
+            .claim_facts
+            .filter(|_| self.claim_mark.is_some());
+        let read_history = facts.is_none_or(|f| f.has_steps);
+        let read_inbox = facts.is_none_or(|f| f.has_messages);
+        if !read_inbox {
+            self.prefetched_inbox = Some(Vec::new());
+        }
         // History and inbox are read concurrently (one round trip of latency).
         let checkpoints = loop {
+            if !read_history && !read_inbox {
+                break Vec::new();
+            }
             let run_id = self.run_id.clone();
             match self
                 .engine
                 .call(move |db| async move {
-                    let (cps, msgs) = tokio::join!(
-                        db.checkpoints(&run_id),
-                        db.peek_messages(&run_id, None, 200)
-                    );
-                    Ok((cps?, msgs.ok()))
+                    let cps = async {
+                        if read_history {
+                            db.checkpoints(&run_id).await
+                        } else {
+                            Ok(Vec::new())
+                        }
+                    };
+                    let msgs = async {
+                        if read_inbox {
+                            db.peek_messages(&run_id, None, 200).await.ok()
+                        } else {
+                            Some(Vec::new())
+                        }
+                    };
+                    let (cps, msgs) = tokio::join!(cps, msgs);
+                    Ok((cps?, msgs))
                 })
                 .await
             {
