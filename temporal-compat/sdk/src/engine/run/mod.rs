@@ -504,6 +504,10 @@ impl Driver {
                 .unwrap_or_else(|| self.run_id.clone()),
             attempt: i32::try_from(a.attempt.max(1)).unwrap_or(1),
             cron_schedule: a.cron_schedule.clone().unwrap_or_default(),
+            retry_policy: a
+                .retry_policy
+                .as_ref()
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
             memo: Some(Memo {
                 fields: a.memo().unwrap_or_default(),
             }),
