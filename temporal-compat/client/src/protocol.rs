@@ -37,8 +37,9 @@
 //! | TIMED_OUT | `ERROR` | `error` = `{"kind":"timed_out","next_run_id":…}` |
 //! | TERMINATED | `CANCELLED` (dbos-core `cancel`) | `error` = `{"kind":"terminated","reason":…,"details":[…],"identity":…}`; any other text (a DBOS-native cancel) is the reason |
 //!
-//! `next_run_id` on FAILED/TIMED_OUT names the retry run; a COMPLETED run followed by a cron run
-//! names it in the attributes key `next_run_id` (merged *before* the completion is recorded).
+//! `next_run_id` on FAILED/TIMED_OUT names the retry run (or, when the retry policy is done, the
+//! next cron run); a COMPLETED run followed by a cron run names it in the attributes key
+//! `next_run_id` (merged *before* the completion is recorded).
 //! PENDING/ENQUEUED/DELAYED are RUNNING; `MAX_RECOVERY_ATTEMPTS_EXCEEDED` is RUNNING ("stuck").
 //!
 //! Ordering rule for the worker: a run that continues (CAN, retry, cron) **enqueues the next run
