@@ -128,6 +128,7 @@ struct Setup {
     env: Env,
     client: Client,
     stop: Option<Box<dyn Fn() + Send + Sync>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Setup {
@@ -142,6 +143,7 @@ impl Setup {
             env,
             client,
             stop: None,
+            task: None,
         };
         if with_worker {
             s.start_worker();
@@ -165,7 +167,19 @@ impl Setup {
             .build();
         let mut worker = Worker::new(&runtime, self.client.clone(), options).unwrap();
         self.stop = Some(Box::new(worker.shutdown_handle()));
-        tokio::spawn(async move { worker.run().await });
+        self.task = Some(tokio::spawn(async move {
+            worker.run().await.unwrap();
+        }));
+    }
+
+    /// Stops the worker (its held runs stay PENDING under its identity) and waits for it.
+    async fn stop_worker(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
     }
 
     async fn attrs(&self, run: &str) -> (dbos_core::WorkflowStatus, RunAttributes) {
@@ -527,11 +541,20 @@ async fn cron_runs_on_schedule_and_get_result_follows_the_chain() {
     let (run1, a1) = s.attrs("cron--r1").await;
     assert_eq!(a1.attempt, 1);
     assert_eq!(a1.cron_schedule.as_deref(), Some("@every 2s"));
-    // The delay is relative to the enqueue, so the stored time may trail by a few ms.
+    // The next run starts at a later schedule time, the first one not before the previous
+    // run's close (a slow close skips times). The delay is relative to the enqueue, so the
+    // stored time may trail by a few ms.
     let due1 = run1.delay_until_epoch_ms.unwrap();
+    let steps = (due1 - due + 50) / 2_000;
+    assert!(steps >= 1, "{due1} vs {due}");
     assert!(
-        (due + 2_000..due + 2_100).contains(&due1),
+        (due1 - (due + steps * 2_000)).abs() < 100,
         "{due1} vs {due}"
+    );
+    let (run0, _) = s.attrs("cron").await;
+    assert!(
+        due1 + 100 >= run0.completed_at_ms.unwrap(),
+        "not before the close"
     );
     // As with Temporal, get_result follows the cron chain (it does not end on its own); without
     // following runs it returns the handle's run's result.
@@ -666,5 +689,51 @@ async fn parent_close_policies_apply_when_the_parent_is_terminated_or_times_out(
         TerminalOutcome::Terminated { .. }
     ));
     let (child, _) = s.attrs("late-abandon").await;
+    assert!(!child.state.is_terminal());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parent_timing_out_while_its_worker_is_gone_applies_policies_on_recovery() {
+    let mut s = Setup::new(true).await;
+    let started = std::time::Instant::now();
+    let h = s
+        .client
+        .start_workflow(
+            Parent::run,
+            true,
+            WorkflowStartOptions::new(TQ, "orphan")
+                .run_timeout(Duration::from_millis(2000))
+                .build(),
+        )
+        .await
+        .unwrap();
+    for child in ["orphan-terminate", "orphan-abandon", "orphan-cancel"] {
+        for _ in 0..100 {
+            if s.exists(child).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(s.exists(child).await, "{child} started");
+    }
+    // The worker goes away holding the parent (and its children); the deadline passes.
+    s.stop_worker().await;
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
+    let (parent, _) = s.attrs("orphan").await;
+    assert!(!parent.state.is_terminal(), "nobody closed it yet");
+    // A worker with the same identity recovers the parent, finds it expired, applies the
+    // policies, then records TIMED_OUT.
+    s.start_worker();
+    assert!(matches!(
+        h.get_result(result_opts(30)).await,
+        Err(WorkflowGetResultError::TimedOut)
+    ));
+    assert!(matches!(
+        closed(&s, "orphan-terminate").await,
+        TerminalOutcome::Terminated { .. }
+    ));
+    let o = closed(&s, "orphan-cancel").await;
+    assert!(!matches!(o, TerminalOutcome::Terminated { .. }), "{o:?}");
+    let (child, _) = s.attrs("orphan-abandon").await;
     assert!(!child.state.is_terminal());
 }
