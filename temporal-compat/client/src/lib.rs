@@ -26,6 +26,8 @@ pub mod envconfig;
 mod errors;
 mod options;
 #[doc(hidden)]
+pub mod policies;
+#[doc(hidden)]
 pub mod protocol;
 mod with_start;
 mod workflow_handle;
@@ -389,11 +391,12 @@ impl Client {
         .with_start_mark(started)
     }
 
+    /// The attributes of a new workflow's first run, and its start delay (cron schedules).
     async fn start_attributes(
         &self,
         workflow_type: &str,
         options: &WorkflowStartOptions,
-    ) -> Result<RunAttributes, WorkflowStartError> {
+    ) -> Result<(RunAttributes, Option<Duration>), WorkflowStartError> {
         let dc = self.data_converter();
         let mut a = RunAttributes::new(&options.workflow_id, workflow_type, &options.task_queue);
         a.identity = self.identity();
@@ -418,36 +421,42 @@ impl Client {
             );
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        a.execution_timeout_ms = options.execution_timeout.map(ms);
-        a.execution_deadline_ms = options
-            .execution_timeout
-            .map(|d| dbos_core::now_ms().saturating_add(i64::try_from(ms(d)).unwrap_or(i64::MAX)));
-        a.run_timeout_ms = options.run_timeout.map(ms);
-        a.task_timeout_ms = options.task_timeout.map(ms);
+        // A zero timeout is an unset one, as on a Temporal server.
+        let set = |d: &Option<Duration>| d.filter(|d| !d.is_zero());
+        let now = dbos_core::now_ms();
+        // A cron workflow's first run waits for the first cron time; its timeouts count from
+        // there.
+        let mut first_delay = None;
+        if let Some(cron) = &options.cron_schedule {
+            let schedule =
+                policies::CronSchedule::parse(cron).map_err(|e| invalid(e.to_string()))?;
+            first_delay = Some(schedule.backoff(now, now).ok_or_else(|| {
+                invalid(format!(
+                    "cron_schedule `{cron}` has no future schedule time"
+                ))
+            })?);
+            a.cron_schedule = Some(cron.clone());
+        }
+        let start = now.saturating_add(
+            first_delay.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        );
+        a.execution_timeout_ms = set(&options.execution_timeout).map(ms);
+        a.execution_deadline_ms = a
+            .execution_timeout_ms
+            .map(|t| start.saturating_add(i64::try_from(t).unwrap_or(i64::MAX)));
+        a.run_timeout_ms = set(&options.run_timeout).map(ms);
+        a.task_timeout_ms = set(&options.task_timeout).map(ms);
         a.priority_key = options.priority.priority_key;
         a.static_summary = options.static_summary.clone();
         a.static_details = options.static_details.clone();
-        Ok(a)
+        Ok((a, first_delay))
     }
 }
 
 /// Refuses start options this client cannot honour.
 fn refuse_start_options(o: &WorkflowStartOptions) -> Result<(), WorkflowStartError> {
-    if o.cron_schedule.is_some() {
-        return Err(invalid(
-            "cron_schedule is not supported by DBOSify yet; use a schedule or a loop with timers",
-        ));
-    }
-    if o.execution_timeout.is_some() || o.run_timeout.is_some() {
-        return Err(invalid(
-            "workflow execution_timeout and run_timeout are not supported by DBOSify yet; \
-             race the work against ctx.timer inside the workflow instead",
-        ));
-    }
-    if o.retry_policy.is_some() {
-        return Err(invalid(
-            "a workflow retry_policy is not supported by DBOSify yet (activity retry policies are)",
-        ));
+    if let Some(cron) = &o.cron_schedule {
+        policies::CronSchedule::parse(cron).map_err(|e| invalid(e.to_string()))?;
     }
     if !o.links.is_empty() || !o.completion_callbacks.is_empty() {
         return Err(invalid(

@@ -350,11 +350,12 @@ pub enum WorkflowIdConflictPolicy {
 ///
 /// Stored in the run's attributes and honoured by the client: `id_reuse_policy`,
 /// `id_conflict_policy`, `search_attributes`, `memo`, `header`, `priority.priority_key` (queue
-/// order), `static_summary`, `static_details`. Recorded without effect: `task_timeout`,
-/// `enable_eager_workflow_start`. Refused (the start fails with `InvalidArgument`):
-/// `execution_timeout`, `run_timeout`, `retry_policy` (not yet enforced by the worker),
-/// `cron_schedule`, non-empty `links`/`completion_callbacks`, `versioning_override`,
-/// `priority.fairness_key`/`fairness_weight`, non-empty `rpc_options.metadata`.
+/// order), `static_summary`, `static_details`; enforced by the workers: `execution_timeout`,
+/// `run_timeout`, `retry_policy`, `cron_schedule`. Recorded without effect: `task_timeout`,
+/// `enable_eager_workflow_start`. Refused (the start fails with `InvalidArgument`): an invalid
+/// or time-zoned `cron_schedule`, non-empty `links`/`completion_callbacks`,
+/// `versioning_override`, `priority.fairness_key`/`fairness_weight`, non-empty
+/// `rpc_options.metadata`.
 #[derive(Debug, Clone, bon::Builder)]
 #[builder(start_fn = new, on(String, into))]
 #[non_exhaustive]
@@ -371,21 +372,25 @@ pub struct WorkflowStartOptions {
     /// Conflict with a running workflow of the same id.
     #[builder(default)]
     pub id_conflict_policy: WorkflowIdConflictPolicy,
-    /// Refused: timeout of the whole execution chain (not yet enforced).
+    /// Timeout of the whole execution chain (continue-as-new, retry and cron runs included):
+    /// the run open at the deadline closes TIMED_OUT and nothing follows it.
     pub execution_timeout: Option<Duration>,
-    /// Refused: timeout of each run (not yet enforced).
+    /// Timeout of each run, from its start: the run closes TIMED_OUT and is retried per
+    /// `retry_policy`.
     pub run_timeout: Option<Duration>,
     /// Workflow task timeout (no effect: a held run has no task timeout; dead workers are
     /// detected by their lease).
     pub task_timeout: Option<Duration>,
-    /// Refused: cron workflows are not supported yet.
+    /// Cron schedule (5-field cron, `@hourly`-style descriptors or `@every <duration>`, UTC):
+    /// the first run waits for the first schedule time, each run's close schedules the next.
     pub cron_schedule: Option<String>,
     /// Search attributes.
     pub search_attributes: Option<SearchAttributes>,
     /// No effect (starts are always queued).
     #[builder(default)]
     pub enable_eager_workflow_start: bool,
-    /// Refused: workflow retry policy (not yet enforced; activity retry policies are).
+    /// Workflow retry policy: a run that fails (or reaches its run timeout) is followed by a
+    /// retry run with the next attempt number, after the policy's backoff.
     #[builder(into)]
     pub retry_policy: Option<RetryPolicy>,
     /// Refused when non-empty.

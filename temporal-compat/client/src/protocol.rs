@@ -37,8 +37,9 @@
 //! | TIMED_OUT | `ERROR` | `error` = `{"kind":"timed_out","next_run_id":…}` |
 //! | TERMINATED | `CANCELLED` (dbos-core `cancel`) | `error` = `{"kind":"terminated","reason":…,"details":[…],"identity":…}`; any other text (a DBOS-native cancel) is the reason |
 //!
-//! `next_run_id` on FAILED/TIMED_OUT names the retry run; a COMPLETED run followed by a cron run
-//! names it in the attributes key `next_run_id` (merged *before* the completion is recorded).
+//! `next_run_id` on FAILED/TIMED_OUT names the retry run (or, when the retry policy is done, the
+//! next cron run); a COMPLETED run followed by a cron run names it in the attributes key
+//! `next_run_id` (merged *before* the completion is recorded).
 //! PENDING/ENQUEUED/DELAYED are RUNNING; `MAX_RECOVERY_ATTEMPTS_EXCEEDED` is RUNNING ("stuck").
 //!
 //! Ordering rule for the worker: a run that continues (CAN, retry, cron) **enqueues the next run
@@ -64,7 +65,10 @@
 //!
 //! **Attributes.** `workflow_status.attributes` holds [`RunAttributes`] JSON: workflow id/type, task
 //! queue, chain info, search attributes (`sa`: payload form, lossless; `sav`: plain JSON values for
-//! querying), `memo`, `header`, retry policy, timeouts, priority, summaries.
+//! querying), `memo`, `header`, retry policy, timeouts, priority, summaries, and for children the
+//! parent run and parent close policy.
+//!
+//! **Policies** (cron, deadlines, parent close) are in [`crate::policies`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -891,6 +895,10 @@ pub struct RunAttributes {
     /// The cron successor of a COMPLETED run (merged before completion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_id: Option<String>,
+    /// What happens to this child when its parent run closes: `terminate` (also when absent),
+    /// `request_cancel` or `abandon` (see [`crate::policies::apply_parent_close_policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_close_policy: Option<String>,
     /// Keys this version does not know, kept for round-trips.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,

@@ -341,7 +341,7 @@ impl Client {
     ) -> Result<Started, WorkflowStartError> {
         protocol::validate_workflow_id(&options.workflow_id).map_err(|e| invalid(e.to_string()))?;
         refuse_start_options(&options)?;
-        let attrs = self.start_attributes(workflow_type, &options).await?;
+        let (attrs, first_delay) = self.start_attributes(workflow_type, &options).await?;
         let db = self.system_database().await?;
         let workflow_id = options.workflow_id.clone();
         // The common case is a new workflow id: try its first run straight away (one round trip,
@@ -408,7 +408,8 @@ impl Client {
             let run_id = protocol::run_id(&workflow_id, index);
             let mut run_attrs = attrs.clone();
             run_attrs.first_execution_run_id = Some(run_id.clone());
-            let request = protocol::new_run_request(&run_id, &run_attrs, input);
+            let mut request = protocol::new_run_request(&run_id, &run_attrs, input);
+            request.delay = first_delay;
             let mark = db.wake_mark();
             let enqueued = match message {
                 Some(message) => {

@@ -903,7 +903,9 @@ where
     }
 }
 
-/// Records TERMINATED on an open run (dbos-core `cancel` with the protocol's reason text).
+/// Records TERMINATED on an open run (dbos-core `cancel` with the protocol's reason text),
+/// after applying the parent close policy of its open children (first, so that a failure in
+/// between leaves the run open for another attempt rather than its children unattended).
 pub(crate) async fn terminate_run(
     db: &SystemDatabase,
     run: &str,
@@ -911,6 +913,7 @@ pub(crate) async fn terminate_run(
     details: Vec<Payload>,
     identity: String,
 ) -> Result<(), ProtocolError> {
+    crate::policies::apply_parent_close_policy(db, run, &identity).await?;
     let outcome = TerminalOutcome::Terminated {
         reason,
         details,

@@ -398,57 +398,62 @@ async fn start_refuses_bad_ids_and_unsupported_options() {
         matches!(&err, WorkflowStartError::Rpc(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("--r")),
         "{err:?}"
     );
-    let err = client
-        .start_workflow(
-            Greet,
-            "x".into(),
-            WorkflowStartOptions::new(TQ, "cron")
-                .cron_schedule("* * * * *".to_string())
-                .build(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, WorkflowStartError::Rpc(s) if s.message().contains("cron_schedule")),
-        "{err:?}"
-    );
-    // Workflow-level timeouts and retry policies are not enforced yet: refused, never ignored.
-    let refused = [
-        (
-            WorkflowStartOptions::new(TQ, "exec-timeout")
-                .execution_timeout(Duration::from_secs(5))
-                .build(),
-            "execution_timeout",
-        ),
-        (
-            WorkflowStartOptions::new(TQ, "run-timeout")
-                .run_timeout(Duration::from_secs(5))
-                .build(),
-            "run_timeout",
-        ),
-        (
-            WorkflowStartOptions::new(TQ, "wf-retry")
-                .retry_policy(temporalio_common_wasm::RetryPolicy::default())
-                .build(),
-            "retry_policy",
-        ),
-    ];
-    for (options, name) in refused {
-        let id = options.workflow_id.clone();
+    // An invalid cron schedule is refused before anything is created.
+    for bad in [
+        "* * * *",
+        "0 * * * * *",
+        "CRON_TZ=Europe/Paris 0 9 * * *",
+        "@every soon",
+    ] {
         let err = client
-            .start_workflow(Greet, "x".into(), options)
+            .start_workflow(
+                Greet,
+                "x".into(),
+                WorkflowStartOptions::new(TQ, "cron")
+                    .cron_schedule(bad.to_string())
+                    .build(),
+            )
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, WorkflowStartError::Rpc(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains(name)),
-            "{name}: {err:?}"
-        );
-        let db = client.system_database().await.expect("db");
-        assert!(
-            db.status(&id).await.expect("status").is_none(),
-            "{name}: no run created"
+            matches!(&err, WorkflowStartError::Rpc(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("cron_schedule")),
+            "{bad}: {err:?}"
         );
     }
+    let db = client.system_database().await.expect("db");
+    assert!(db.status("cron").await.expect("status").is_none());
+    // Workflow-level timeouts, retry policies and cron schedules are enforced now: accepted and
+    // recorded in the run's attributes.
+    let handle = client
+        .start_workflow(
+            Greet,
+            "x".into(),
+            WorkflowStartOptions::new(TQ, "policies")
+                .execution_timeout(Duration::from_secs(50))
+                .run_timeout(Duration::from_secs(5))
+                .retry_policy(temporalio_common_wasm::RetryPolicy::default())
+                .cron_schedule("@every 30s".to_string())
+                .build(),
+        )
+        .await
+        .expect("accepted");
+    let run = db
+        .status(handle.run_id().expect("run id"))
+        .await
+        .expect("status")
+        .expect("run");
+    assert_eq!(
+        run.state,
+        dbos_core::RunState::Delayed,
+        "a cron run waits for its time"
+    );
+    let attrs = RunAttributes::of_run(&run).expect("attributes");
+    assert_eq!(attrs.run_timeout_ms, Some(5_000));
+    assert_eq!(attrs.execution_timeout_ms, Some(50_000));
+    let start = run.delay_until_epoch_ms.expect("delay");
+    assert_eq!(attrs.execution_deadline_ms, Some(start + 50_000));
+    assert!(attrs.retry_policy.is_some());
+    assert_eq!(attrs.cron_schedule.as_deref(), Some("@every 30s"));
 }
 
 #[tokio::test]

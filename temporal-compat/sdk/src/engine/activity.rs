@@ -124,8 +124,9 @@ pub(crate) fn backoff(policy: &ProtoRetryPolicy, attempt: u32) -> Duration {
     Duration::from_secs_f64(secs).min(max)
 }
 
-/// Whether a failure may be retried under `policy`, and when.
-fn retry_decision(
+/// Whether a failure may be retried under `policy` after attempt `attempt`, and when (also
+/// used for workflow retry policies).
+pub(crate) fn retry_decision(
     policy: &ProtoRetryPolicy,
     attempt: u32,
     failure: &Failure,

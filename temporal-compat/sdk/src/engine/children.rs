@@ -1,14 +1,17 @@
 //! Child workflows and signals/cancels to other workflows.
 //!
 //! A child is a run enqueued on its task queue with the parent's run as its parent (idempotent
-//! by run id, so restarting the start after a crash is harmless). A watcher awaits the child's
-//! chain (following continue-as-new and retries) and reports its result as a resolution job.
+//! by run id, so restarting the start after a crash is harmless); its retry policy, timeouts,
+//! cron schedule and parent close policy go into its attributes. A watcher awaits the child's
+//! chain (following continue-as-new, retries and cron runs) and reports its result as a
+//! resolution job.
 //! Signals and cancel requests to other workflows are inbox messages with idempotency keys
 //! derived from the sending run and the command's sequence number.
 
 use std::sync::Arc;
 
 use dbos_core::Enqueued;
+use temporal_compat_client::policies;
 use temporal_compat_client::protocol::{
     self, CancelRequest, InboxMessage, RunAttributes, SignalRequest, TerminalOutcome,
 };
@@ -94,13 +97,42 @@ pub(crate) async fn start_child(
         attrs.set_search_attributes(&sa.indexed_fields);
     }
     let ms = |d| duration_of(d).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    attrs.execution_timeout_ms = ms(&c.workflow_execution_timeout);
-    attrs.run_timeout_ms = ms(&c.workflow_run_timeout);
-    attrs.task_timeout_ms = ms(&c.workflow_task_timeout);
+    attrs.parent_close_policy =
+        Some(policies::parent_close_policy_name(c.parent_close_policy).to_string());
+    if let Some(rp) = &c.retry_policy {
+        match serde_json::to_value(rp) {
+            Ok(v) => attrs.retry_policy = Some(v),
+            Err(e) => {
+                warn!(run_id = %parent_run, error = %e, "the child's retry policy cannot be recorded");
+                return failed(StartChildWorkflowExecutionFailedCause::Unspecified);
+            }
+        }
+    }
+    // A cron child's first run waits for the first cron time; its timeouts count from there.
+    let now = dbos_core::now_ms();
+    let mut first_delay = None;
     if !c.cron_schedule.is_empty() {
+        let Some(delay) = policies::CronSchedule::parse(&c.cron_schedule)
+            .ok()
+            .and_then(|s| s.backoff(now, now))
+        else {
+            warn!(run_id = %parent_run, schedule = %c.cron_schedule, "the child's cron schedule is invalid");
+            return failed(StartChildWorkflowExecutionFailedCause::Unspecified);
+        };
+        first_delay = Some(delay);
         attrs.cron_schedule = Some(c.cron_schedule.clone());
     }
-    let request = protocol::new_run_request(&child_run, &attrs, &c.input);
+    let start = now.saturating_add(
+        first_delay.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    );
+    attrs.execution_timeout_ms = ms(&c.workflow_execution_timeout);
+    attrs.execution_deadline_ms = attrs
+        .execution_timeout_ms
+        .map(|t| start.saturating_add(i64::try_from(t).unwrap_or(i64::MAX)));
+    attrs.run_timeout_ms = ms(&c.workflow_run_timeout);
+    attrs.task_timeout_ms = ms(&c.workflow_task_timeout);
+    let mut request = protocol::new_run_request(&child_run, &attrs, &c.input);
+    request.delay = first_delay;
     loop {
         match engine.db.enqueue(request.clone()).await {
             Ok(Enqueued::Created(_)) => return StartOutcome::Started(child_run),
@@ -163,12 +195,20 @@ pub(crate) async fn watch_child(
             }
         };
         match TerminalOutcome::from_status(&status) {
-            Ok(Some(o)) => match o.next_run_id() {
-                Some(next) if !matches!(o, TerminalOutcome::Completed { .. }) => {
-                    run = next.to_string();
+            Ok(Some(o)) => {
+                // The chain goes on after continue-as-new, a retry, or (for a COMPLETED run) the
+                // next cron run named in its attributes: the parent hears of the chain's end.
+                let next = match &o {
+                    TerminalOutcome::Completed { .. } => RunAttributes::of_run(&status)
+                        .ok()
+                        .and_then(|a| a.next_run_id),
+                    other => other.next_run_id().map(str::to_owned),
+                };
+                match next {
+                    Some(next) => run = next,
+                    None => break o,
                 }
-                _ => break o,
-            },
+            }
             Ok(None) => continue,
             Err(e) => {
                 break TerminalOutcome::Failed {

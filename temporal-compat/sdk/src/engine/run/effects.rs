@@ -273,21 +273,12 @@ impl Driver {
                 Some(Cmd::CompleteWorkflowExecution(c)) => {
                     self.write_events(events).await;
                     let result: Vec<Payload> = c.result.into_iter().collect();
-                    self.finish(TerminalOutcome::Completed { result }, None)
-                        .await;
+                    self.close_completed(result).await;
                     return Ok(Flow::Stop);
                 }
                 Some(Cmd::FailWorkflowExecution(f)) => {
                     self.write_events(events).await;
-                    let failure = f.failure.unwrap_or_default();
-                    self.finish(
-                        TerminalOutcome::Failed {
-                            failure,
-                            next_run_id: None,
-                        },
-                        None,
-                    )
-                    .await;
+                    self.close_failed(f.failure.unwrap_or_default()).await;
                     return Ok(Flow::Stop);
                 }
                 Some(Cmd::CancelWorkflowExecution(c)) => {

@@ -220,6 +220,11 @@ fn job(v: Variant) -> WorkflowActivationJob {
 
 impl Driver {
     async fn main(&mut self) {
+        // A run claimed after its deadline (no worker was up, or its worker died) closes at
+        // once.
+        if self.expire_if_due().await {
+            return;
+        }
         // Everything the run needs before its first activation.
         let Some(factory) = self.engine.workflows.factory(&self.status.name) else {
             let names = self.engine.workflows.names();
@@ -383,6 +388,9 @@ impl Driver {
             if self.engine.halt.is_cancelled() {
                 return;
             }
+            if self.expire_if_due().await {
+                return;
+            }
             if self.instance.is_none() && !self.evicted {
                 // After a workflow-task failure: rebuild by replay.
                 match self.replay(&factory, &init).await {
@@ -438,7 +446,13 @@ impl Driver {
                     self.engine.settings.cache_per_thread,
                 );
             }
-            let next_timer = self.timers.values().min().copied();
+            // The run's own deadline wakes the loop like a timer (the loop's top closes it).
+            let next_timer = self
+                .timers
+                .values()
+                .copied()
+                .chain(self.deadline().map(|d| d.at_ms))
+                .min();
             let timer_sleep = async {
                 match next_timer {
                     Some(at) => {
@@ -520,6 +534,10 @@ impl Driver {
                 .unwrap_or_else(|| self.run_id.clone()),
             attempt: i32::try_from(a.attempt.max(1)).unwrap_or(1),
             cron_schedule: a.cron_schedule.clone().unwrap_or_default(),
+            retry_policy: a
+                .retry_policy
+                .as_ref()
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
             memo: Some(Memo {
                 fields: a.memo().unwrap_or_default(),
             }),

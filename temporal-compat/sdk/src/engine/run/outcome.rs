@@ -1,7 +1,24 @@
-//! Ending a run: workflow-task failures (retried by replay), terminal outcomes, and
-//! continue-as-new (next run enqueued first, then this run's outcome recorded).
+//! Ending a run: workflow-task failures (retried by replay), terminal outcomes, the runs that
+//! follow a closing run (continue-as-new, retry per the workflow retry policy, the next cron
+//! run: enqueued first, then this run's outcome recorded naming it), timeouts, and the parent
+//! close policy of the run's children (applied before the outcome is recorded).
+
+use temporal_compat_client::policies::{self, Deadline, DeadlineKind};
+use temporalio_common_wasm::protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolicy;
 
 use super::*;
+
+/// How a run is closing, for deciding what follows it.
+pub(super) enum Closing<'a> {
+    /// The workflow returned a value.
+    Completed,
+    /// The workflow returned an error.
+    Failed(&'a Failure),
+    /// The run reached its run timeout.
+    RunTimedOut,
+    /// The chain reached its execution timeout.
+    ExecutionTimedOut,
+}
 
 impl Driver {
     /// Handles a workflow-task failure: the instance is dropped and the task retried (after a
@@ -25,14 +42,7 @@ impl Driver {
                         .contains(&self.status.name)));
         if fail_execution {
             warn!(run_id = %self.run_id, error = %f, "workflow task failed; failing the workflow");
-            self.finish(
-                TerminalOutcome::Failed {
-                    failure: *f.failure,
-                    next_run_id: None,
-                },
-                None,
-            )
-            .await;
+            self.close_failed(*f.failure).await;
             return true;
         }
         self.task_failures += 1;
@@ -58,9 +68,15 @@ impl Driver {
         .await;
     }
 
-    /// Records the run's outcome (only while it is PENDING and held by this executor).
+    /// Records the run's outcome (only while it is PENDING and held by this executor), after
+    /// applying the parent close policy of its open children.
     pub(super) async fn finish(&mut self, outcome: TerminalOutcome, next_run: Option<String>) {
         self.abort_activities();
+        // Children are known from the run's unresolved child commands; a run closed before its
+        // history was loaded (timed out at claim, bad input) looks them up.
+        if !self.children.is_empty() || self.history.is_empty() {
+            self.apply_parent_close_policy().await;
+        }
         let dbos = outcome.to_dbos();
         let run_id = self.run_id.clone();
         let executor = self.engine.executor_id.clone();
@@ -99,22 +115,224 @@ impl Driver {
         }
     }
 
-    pub(super) async fn continue_as_new(&mut self, can: ContinueAsNewWorkflowExecution) {
+    /// Applies the parent close policy of this run's open children; retried until it succeeds
+    /// (or the worker halts), since the outcome must not be recorded before it.
+    async fn apply_parent_close_policy(&mut self) {
+        let mut attempt = 0u32;
+        loop {
+            let (db, run) = (self.engine.db.clone(), self.run_id.clone());
+            let identity = self.engine.executor_id.clone();
+            let applied = self
+                .engine
+                .main
+                .spawn(async move {
+                    policies::apply_parent_close_policy(&db, &run, &identity)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+            match applied {
+                Ok(Ok(n)) => {
+                    if n > 0 {
+                        debug!(run_id = %self.run_id, children = n, "parent close policy applied");
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    warn!(run_id = %self.run_id, error = %e, attempt, "cannot apply the parent close policy; retrying");
+                }
+                Err(_) => return,
+            }
+            attempt += 1;
+            if self.pause(Duration::from_millis(500)).await {
+                return;
+            }
+        }
+    }
+
+    /// The run's deadline (execution or run timeout), if it has one.
+    pub(super) fn deadline(&self) -> Option<Deadline> {
+        policies::run_deadline(&self.status, &self.attrs)
+    }
+
+    /// Closes the run as TIMED_OUT when its deadline has passed; `true` when it did.
+    pub(super) async fn expire_if_due(&mut self) -> bool {
+        let Some(d) = self.deadline() else {
+            return false;
+        };
+        if d.at_ms > dbos_core::now_ms() {
+            return false;
+        }
+        info!(run_id = %self.run_id, kind = ?d.kind, "run timed out");
+        let closing = match d.kind {
+            DeadlineKind::Execution => Closing::ExecutionTimedOut,
+            DeadlineKind::Run => Closing::RunTimedOut,
+        };
+        let next = self.start_next_run(closing).await;
+        if self.engine.halt.is_cancelled() {
+            return true;
+        }
+        self.finish(
+            TerminalOutcome::TimedOut {
+                next_run_id: next.clone(),
+            },
+            next,
+        )
+        .await;
+        true
+    }
+
+    /// Closes the run as COMPLETED; a cron chain's next run is started first and named in the
+    /// run's attributes.
+    pub(super) async fn close_completed(&mut self, result: Vec<Payload>) {
+        let next = self.start_next_run(Closing::Completed).await;
+        if self.engine.halt.is_cancelled() {
+            return;
+        }
+        if let Some(next_id) = &next {
+            let run_id = self.run_id.clone();
+            let patch = serde_json::json!({ "next_run_id": next_id });
+            loop {
+                let (r, p) = (run_id.clone(), patch.clone());
+                match self
+                    .engine
+                    .call(move |db| async move { db.merge_attributes(&r, &p).await })
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(CallError::Gone) => return,
+                    Err(e) => {
+                        warn!(run_id = %run_id, error = %e, "cannot record the next cron run; retrying");
+                        if self.pause(Duration::from_millis(500)).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            self.attrs.next_run_id = next.clone();
+        }
+        self.finish(TerminalOutcome::Completed { result }, next)
+            .await;
+    }
+
+    /// Closes the run as FAILED; a retry (per the workflow retry policy) or the next cron run is
+    /// started first and named in the outcome.
+    pub(super) async fn close_failed(&mut self, failure: Failure) {
+        let next = self.start_next_run(Closing::Failed(&failure)).await;
+        if self.engine.halt.is_cancelled() {
+            return;
+        }
+        self.finish(
+            TerminalOutcome::Failed {
+                failure,
+                next_run_id: next.clone(),
+            },
+            next,
+        )
+        .await;
+    }
+
+    /// The workflow retry policy of the run, normalized; `None` without one (Temporal does not
+    /// retry workflows by default) or when it cannot be read.
+    fn retry_policy(&self) -> Option<ProtoRetryPolicy> {
+        let json = self.attrs.retry_policy.as_ref()?;
+        match serde_json::from_value::<ProtoRetryPolicy>(json.clone()) {
+            Ok(p) => Some(normalize_retry(Some(p))),
+            Err(e) => {
+                warn!(run_id = %self.run_id, error = %e, "the workflow retry policy does not decode; not retrying");
+                None
+            }
+        }
+    }
+
+    /// Decides what follows the closing run and enqueues it: a retry (FAILED or run timeout,
+    /// when the retry policy allows it), else the next cron run (any close but an execution
+    /// timeout). Neither may start at or after the chain's execution deadline. Returns the next
+    /// run's id; `None` when nothing follows (or the worker halts).
+    async fn start_next_run(&mut self, closing: Closing<'_>) -> Option<String> {
+        let now = dbos_core::now_ms();
+        let in_time = |delay: Duration| {
+            let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+            self.attrs.execution_deadline_ms.is_none_or(|d| at < d)
+        };
+        let attempt = self.attrs.attempt.max(1);
+        let retry = match &closing {
+            Closing::Failed(f) => Some(*f),
+            Closing::RunTimedOut => None,
+            Closing::Completed | Closing::ExecutionTimedOut => {
+                return self.start_cron_run(closing, now).await;
+            }
+        };
+        if let Some(policy) = self.retry_policy() {
+            let timeout = Failure::default();
+            match activity::retry_decision(&policy, attempt, retry.unwrap_or(&timeout)) {
+                Ok(delay) if in_time(delay) => {
+                    info!(run_id = %self.run_id, attempt, ?delay, "workflow run failed; retrying");
+                    return self.enqueue_next(attempt + 1, delay).await;
+                }
+                Ok(delay) => {
+                    debug!(run_id = %self.run_id, ?delay, "no retry: it would start after the execution deadline");
+                }
+                Err(state) => {
+                    debug!(run_id = %self.run_id, ?state, "no retry");
+                }
+            }
+        }
+        self.start_cron_run(closing, now).await
+    }
+
+    /// Enqueues the next cron run when the run has a cron schedule and closes otherwise than by
+    /// its execution timeout.
+    async fn start_cron_run(&mut self, closing: Closing<'_>, now: i64) -> Option<String> {
+        if matches!(closing, Closing::ExecutionTimedOut) {
+            return None;
+        }
+        let cron = self.attrs.cron_schedule.clone()?;
+        let schedule = match policies::CronSchedule::parse(&cron) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(run_id = %self.run_id, error = %e, "the cron schedule does not parse; the chain ends");
+                return None;
+            }
+        };
+        let delay = schedule.backoff(policies::run_start_ms(&self.status), now)?;
+        let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        if self.attrs.execution_deadline_ms.is_some_and(|d| at >= d) {
+            debug!(run_id = %self.run_id, "no further cron run: it would start after the execution deadline");
+            return None;
+        }
+        debug!(run_id = %self.run_id, ?delay, "scheduling the next cron run");
+        self.enqueue_next(1, delay).await
+    }
+
+    /// Enqueues the next run of the chain (same type, queue and input) with `attempt`, after
+    /// `delay`. Idempotent by run id, so a recovered run closing again finds it enqueued.
+    async fn enqueue_next(&mut self, attempt: u32, delay: Duration) -> Option<String> {
+        let (next_id, mut attrs) = self.next_run_attributes();
+        attrs.attempt = attempt;
+        let mut request = protocol::new_run_request(&next_id, &attrs, &[]);
+        request.inputs = self
+            .status
+            .inputs
+            .clone()
+            .unwrap_or_else(|| protocol::encode_payloads(&[]));
+        request.delay = (!delay.is_zero()).then_some(delay);
+        self.enqueue_successor(request).await.then_some(next_id)
+    }
+
+    /// The id and attributes of the run that follows this one in its chain.
+    fn next_run_attributes(&self) -> (String, RunAttributes) {
         let (workflow_id, index) = protocol::parse_run_id(&self.run_id);
         let workflow_id = workflow_id.to_string();
         let next_id = protocol::run_id(&workflow_id, index + 1);
         let mut attrs = self.attrs.clone();
         if attrs.workflow_id.is_empty() {
-            attrs.workflow_id = workflow_id.clone();
+            attrs.workflow_id = workflow_id;
         }
-        if !can.workflow_type.is_empty() {
-            attrs.workflow_type = can.workflow_type.clone();
-        } else if attrs.workflow_type.is_empty() {
+        if attrs.workflow_type.is_empty() {
             attrs.workflow_type = self.status.name.clone();
         }
-        if !can.task_queue.is_empty() {
-            attrs.task_queue = can.task_queue.clone();
-        } else if attrs.task_queue.is_empty() {
+        if attrs.task_queue.is_empty() {
             attrs.task_queue = self
                 .status
                 .queue_name
@@ -130,6 +348,38 @@ impl Driver {
         attrs.continued_from_run_id = Some(self.run_id.clone());
         attrs.attempt = 1;
         attrs.next_run_id = None;
+        (next_id, attrs)
+    }
+
+    /// Enqueues a successor run, retrying database errors; `false` when the worker goes away.
+    async fn enqueue_successor(&mut self, request: dbos_core::EnqueueRequest) -> bool {
+        loop {
+            let req = request.clone();
+            match self
+                .engine
+                .call(move |db| async move { db.enqueue(req).await })
+                .await
+            {
+                Ok(_) => return true,
+                Err(CallError::Gone) => return false,
+                Err(e) => {
+                    warn!(run_id = %self.run_id, error = %e, "cannot start the next run; retrying");
+                    if self.pause(Duration::from_millis(500)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn continue_as_new(&mut self, can: ContinueAsNewWorkflowExecution) {
+        let (next_id, mut attrs) = self.next_run_attributes();
+        if !can.workflow_type.is_empty() {
+            attrs.workflow_type = can.workflow_type.clone();
+        }
+        if !can.task_queue.is_empty() {
+            attrs.task_queue = can.task_queue.clone();
+        }
         if !can.memo.is_empty() {
             attrs.memo = protocol::encode_payload_map(&can.memo);
         }
@@ -149,22 +399,8 @@ impl Driver {
         if let Some(d) = duration_of(&can.backoff_start_interval) {
             request.delay = Some(d);
         }
-        loop {
-            let req = request.clone();
-            match self
-                .engine
-                .call(move |db| async move { db.enqueue(req).await })
-                .await
-            {
-                Ok(_) => break,
-                Err(CallError::Gone) => return,
-                Err(e) => {
-                    warn!(run_id = %self.run_id, error = %e, "cannot start the continued run; retrying");
-                    if self.pause(Duration::from_millis(500)).await {
-                        return;
-                    }
-                }
-            }
+        if !self.enqueue_successor(request).await {
+            return;
         }
         self.finish(
             TerminalOutcome::ContinuedAsNew {
