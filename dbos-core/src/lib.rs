@@ -40,7 +40,7 @@ pub use db::{Config, DEFAULT_APPLICATION_NAME, SystemDatabase, now_ms, validate_
 pub use error::{Error, Result};
 pub use executors::{DEFAULT_LEASE, ExecutorHandle, ExecutorOptions};
 pub use management::ListFilter;
-pub use messages::Message;
+pub use messages::{Message, SendIfOpen};
 pub use migrate::SCHEMA_VERSION;
 pub use notifier::{Mark, NotifierStats, Waiter, WakeKey};
 pub use queues::{QUEUE_CONFIG_TTL, QueueConfig, RateLimit, WorkWaiter};

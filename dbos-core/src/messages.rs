@@ -17,6 +17,7 @@ use crate::checkpoints::{Checkpoint, Claimed};
 use crate::db::validate_text;
 use crate::error::{self, Error, Result};
 use crate::notifier::WakeKey;
+use crate::workflows::RunState;
 
 /// The step name of a `recv` checkpoint (DBOS's).
 pub(crate) const RECV_STEP: &str = "DBOS.recv";
@@ -67,6 +68,16 @@ pub(crate) fn idempotent_message_id(idempotency_key: &str, destination: &str) ->
     format!("{idempotency_key}::{destination}")
 }
 
+/// What [`SystemDatabase::send_if_open`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendIfOpen {
+    /// The message is in the run's inbox (sent now, or by an earlier send of the same key);
+    /// its id.
+    Sent(String),
+    /// The run is closed; nothing was sent.
+    Closed(RunState),
+}
+
 /// What one `recv` probe found.
 enum RecvProbe {
     /// The position was already recorded (replay, or a retried consume whose ack was lost).
@@ -96,6 +107,39 @@ impl SystemDatabase {
         body: &str,
         idempotency_key: Option<&str>,
     ) -> Result<String> {
+        match self
+            .send_inner(destination, topic, body, idempotency_key, false)
+            .await?
+        {
+            SendIfOpen::Sent(id) => Ok(id),
+            SendIfOpen::Closed(_) => Err(crate::Error::UnknownRun(destination.to_owned())),
+        }
+    }
+
+    /// Sends a message only while its destination run is open (ENQUEUED, DELAYED or PENDING),
+    /// in one statement: the run's state is read and the message inserted together, so a
+    /// sender needs no separate status read. A closed run gets nothing and its state is
+    /// returned. Otherwise as [`Self::send`] (a repeated idempotent send to an open run is a
+    /// no-op that reports `Sent`).
+    pub async fn send_if_open(
+        &self,
+        destination: &str,
+        topic: &str,
+        body: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<SendIfOpen> {
+        self.send_inner(destination, topic, body, idempotency_key, true)
+            .await
+    }
+
+    async fn send_inner(
+        &self,
+        destination: &str,
+        topic: &str,
+        body: &str,
+        idempotency_key: Option<&str>,
+        only_open: bool,
+    ) -> Result<SendIfOpen> {
         validate_text("destination run id", destination)?;
         validate_topic(topic)?;
         self.check_size("message", body)?;
@@ -109,21 +153,29 @@ impl SystemDatabase {
         let now = crate::now_ms();
         // The wake-up hint rides in the insert's own statement when the inline slot is free
         // (see `notifier`), which saves the receiver the hint transaction on the
-        // latency-critical send -> consume path.
+        // latency-critical send -> consume path. With `only_open` ($8), the run's state is read
+        // in the same statement and gates the insert.
         let sql = self.sql(
-            "WITH ins AS (
+            "WITH tgt AS (
+                SELECT status FROM {s}.workflow_status WHERE workflow_uuid = $1),
+             ins AS (
                 INSERT INTO {s}.notifications (destination_uuid, topic, message,
                     created_at_epoch_ms, message_uuid)
-                VALUES ($1, $2, $3, $4, $5)
+                SELECT $1, $2, $3, $4, $5
+                 WHERE NOT $8 OR EXISTS (SELECT 1 FROM tgt
+                                          WHERE status IN ('ENQUEUED', 'DELAYED', 'PENDING'))
                 ON CONFLICT (message_uuid) DO NOTHING
                 RETURNING 1)
-             SELECT (SELECT count(pg_notify($6, p)) FROM unnest($7::text[]) AS p) FROM ins",
+             SELECT (SELECT status FROM tgt) AS status,
+                    EXISTS (SELECT 1 FROM ins) AS inserted,
+                    (SELECT count(pg_notify($6, p)) FROM unnest($7::text[]) AS p
+                      WHERE EXISTS (SELECT 1 FROM ins)) AS hinted",
         );
         let key = WakeKey::Message(destination.to_owned());
         let hints = self.hints(vec![key.clone()]);
-        let inserted = self
+        let (state, inserted): (Option<String>, bool) = self
             .retry("send message", || async {
-                sqlx::query(&sql)
+                sqlx::query_as::<_, (Option<String>, bool, i64)>(&sql)
                     .bind(destination)
                     .bind(topic)
                     .bind(body)
@@ -131,20 +183,37 @@ impl SystemDatabase {
                     .bind(&message_id)
                     .bind(hints.channel())
                     .bind(hints.payloads())
-                    .fetch_all(self.pool())
+                    .bind(only_open)
+                    .fetch_one(self.pool())
                     .await
+                    .map(|(s, i, _)| (s, i))
                     .map_err(|e| error::unknown_run_on_fk(e, destination))
             })
             .await?;
-        if inserted.is_empty() {
-            debug!(destination, %message_id, "message already sent (idempotent send)");
-            // The first attempt may have committed without this call seeing it: hint again.
-            drop(hints);
-            self.notify(key);
-        } else {
+        let Some(state) = state else {
+            return Err(crate::Error::UnknownRun(destination.to_owned()));
+        };
+        if inserted {
             hints.published();
+            return Ok(SendIfOpen::Sent(message_id));
         }
-        Ok(message_id)
+        drop(hints);
+        let state = RunState::parse(&state).ok_or_else(|| crate::Error::Undecodable {
+            what: "workflow status",
+            reason: format!("unknown status {state:?}"),
+        })?;
+        if only_open
+            && !matches!(
+                state,
+                RunState::Enqueued | RunState::Delayed | RunState::Pending
+            )
+        {
+            return Ok(SendIfOpen::Closed(state));
+        }
+        debug!(destination, %message_id, "message already sent (idempotent send)");
+        // The first attempt may have committed without this call seeing it: hint again.
+        self.notify(key);
+        Ok(SendIfOpen::Sent(message_id))
     }
 
     /// The oldest unconsumed messages of a topic (all topics when `None`), in send order.

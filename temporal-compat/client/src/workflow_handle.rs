@@ -553,7 +553,12 @@ where
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
         let db = self.db().await?;
-        let run = self.open_target(&db).await?;
+        // A handle on one run sends straight away (the send checks that the run is open); a
+        // handle on the chain resolves its latest run first.
+        let run = match &self.info.run_id {
+            Some(run) => run.clone(),
+            None => self.open_target(&db).await?,
+        };
         let request_id = opts
             .request_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -565,8 +570,19 @@ where
             request_id: Some(request_id.clone()),
         });
         let key = protocol::signal_idempotency_key(&run, &request_id);
-        db.send(&run, protocol::INBOX_TOPIC, &msg.encode(), Some(&key))
-            .await?;
+        match db
+            .send_if_open(&run, protocol::INBOX_TOPIC, &msg.encode(), Some(&key))
+            .await
+        {
+            Ok(dbos_core::SendIfOpen::Sent(_)) => {}
+            Ok(dbos_core::SendIfOpen::Closed(_)) => {
+                return Err(WorkflowInteractionError::NotFound(closed_status(&run)));
+            }
+            Err(dbos_core::Error::UnknownRun(_)) => {
+                return Err(WorkflowInteractionError::NotFound(self.not_found()));
+            }
+            Err(e) => return Err(e.into()),
+        }
         debug!(run = %run, signal = %signal.name(), "signal sent");
         Ok(())
     }
