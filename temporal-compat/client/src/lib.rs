@@ -24,9 +24,11 @@
 
 pub mod envconfig;
 mod errors;
+mod listing;
 mod options;
 #[doc(hidden)]
 pub mod protocol;
+mod visibility;
 mod with_start;
 mod workflow_handle;
 
@@ -58,6 +60,10 @@ pub use options::{
     WorkflowTerminateOptions,
 };
 pub use temporalio_common_wasm::{Memo, MemoValue, MemoValues, RetryPolicy};
+pub use listing::{
+    ListWorkflowsStream, WorkflowCountAggregationGroup, WorkflowCountOptions, WorkflowExecution,
+    WorkflowExecutionCount, WorkflowListOptions,
+};
 pub use with_start::{WorkflowUpdateWithStartError, WorkflowUpdateWithStartOptions};
 pub use workflow_handle::{
     UntypedQuery, UntypedSignal, UntypedUpdate, UntypedWorkflow, UntypedWorkflowHandle,

@@ -1078,12 +1078,12 @@ pub struct WorkflowExecutionDescription {
     data_converter: DataConverter,
 }
 
-impl WorkflowExecutionDescription {
-    async fn from_run(
-        status: &WorkflowStatus,
-        dc: &DataConverter,
-    ) -> Result<Self, WorkflowInteractionError> {
-        let attrs = RunAttributes::of_run(status)?;
+/// The visibility record of a run (memo decoded by the codec) and its attributes.
+pub(crate) async fn execution_info(
+    status: &WorkflowStatus,
+    dc: &DataConverter,
+) -> Result<(ProtoExecutionInfo, RunAttributes), crate::ClientError> {
+    let attrs = RunAttributes::of_run(status)?;
         let exec_status = protocol::execution_status(status)?;
         let mut memo = attrs.memo()?;
         for p in memo.values_mut() {
@@ -1134,6 +1134,18 @@ impl WorkflowExecutionDescription {
                 .unwrap_or_else(|| status.workflow_id.clone()),
             ..Default::default()
         };
+    Ok((info, attrs))
+}
+
+impl WorkflowExecutionDescription {
+    async fn from_run(
+        status: &WorkflowStatus,
+        dc: &DataConverter,
+    ) -> Result<Self, WorkflowInteractionError> {
+        let (info, attrs) = execution_info(status, dc).await.map_err(|e| match e {
+            crate::ClientError::PayloadConversion(p) => WorkflowInteractionError::PayloadConversion(p),
+            crate::ClientError::Rpc(s) => status_to_interaction(s),
+        })?;
         let config = WorkflowExecutionConfig {
             task_queue: Some(TaskQueue {
                 name: status.queue_name.clone().unwrap_or_default(),
