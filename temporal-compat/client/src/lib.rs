@@ -22,6 +22,8 @@
 
 #![warn(missing_docs)]
 
+mod activity;
+mod async_activity_handle;
 pub mod envconfig;
 mod errors;
 mod listing;
@@ -46,9 +48,24 @@ use temporalio_protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolic
 use tracing::info;
 use url::Url;
 
+pub use activity::{
+    ActivityCancelOptions, ActivityCountOptions, ActivityDescribeOptions, ActivityExecutionCount,
+    ActivityExecutionCountAggregationGroup, ActivityExecutionDescription, ActivityExecutionInfo,
+    ActivityExecutionInfoLike, ActivityExecutionStatus, ActivityHandle, ActivityIdConflictPolicy,
+    ActivityIdReusePolicy, ActivityInteractionError, ActivityListOptions, ActivityResultError,
+    ActivityStartOptions, ActivityStartOptionsBuilder, ActivityTerminateOptions,
+    ListActivitiesStream, PendingActivityState, StartActivityError,
+};
+pub use async_activity_handle::{
+    ActivityHeartbeatResponse, ActivityIdentifier, AsyncActivityError, AsyncActivityHandle,
+};
 pub use errors::{
     ClientConnectError, ClientError, ClientNewError, WorkflowGetResultError,
     WorkflowInteractionError, WorkflowQueryError, WorkflowStartError, WorkflowUpdateError,
+};
+pub use listing::{
+    ListWorkflowsStream, WorkflowCountAggregationGroup, WorkflowCountOptions, WorkflowExecution,
+    WorkflowExecutionCount, WorkflowListOptions,
 };
 pub use options::{
     ClientKeepAliveOptions, ClientOptions, ClientTlsOptions, ConnectionOptions,
@@ -60,10 +77,6 @@ pub use options::{
     WorkflowTerminateOptions,
 };
 pub use temporalio_common_wasm::{Memo, MemoValue, MemoValues, RetryPolicy};
-pub use listing::{
-    ListWorkflowsStream, WorkflowCountAggregationGroup, WorkflowCountOptions, WorkflowExecution,
-    WorkflowExecutionCount, WorkflowListOptions,
-};
 pub use with_start::{WorkflowUpdateWithStartError, WorkflowUpdateWithStartOptions};
 pub use workflow_handle::{
     UntypedQuery, UntypedSignal, UntypedUpdate, UntypedWorkflow, UntypedWorkflowHandle,

@@ -288,9 +288,9 @@ where
                 }
             },
         };
-        let want = st
-            .left
-            .map_or(PAGE_SIZE, |l| PAGE_SIZE.min(i64::try_from(l).unwrap_or(PAGE_SIZE)));
+        let want = st.left.map_or(PAGE_SIZE, |l| {
+            PAGE_SIZE.min(i64::try_from(l).unwrap_or(PAGE_SIZE))
+        });
         match db.list_runs_where(&st.filter, st.after.clone(), want).await {
             Ok(rows) => {
                 if rows.len() < usize::try_from(want).unwrap_or(0) {

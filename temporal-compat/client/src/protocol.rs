@@ -265,7 +265,9 @@ pub fn validate_workflow_id(id: &str) -> Result<()> {
         );
     }
     if id.starts_with(ACTIVITY_RUN_PREFIX) {
-        return bad("must not start with `__temporal_activity/`: DBOSify reserves it for standalone activities");
+        return bad(
+            "must not start with `__temporal_activity/`: DBOSify reserves it for standalone activities",
+        );
     }
     Ok(())
 }

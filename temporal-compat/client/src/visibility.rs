@@ -160,7 +160,9 @@ fn tokenize(q: &str) -> Result<Vec<Tok>, QueryError> {
                     i += 1;
                 }
             }
-            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+            c if c.is_ascii_digit()
+                || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
                 let start = i;
                 i += 1;
                 while chars
@@ -315,12 +317,26 @@ impl Parser<'_> {
                     if wf { "workflows" } else { "activities" }
                 ));
             }
-            "ExecutionTime" | "ExecutionDuration" | "HistoryLength" | "HistorySizeBytes"
-            | "StateTransitionCount" | "ParentWorkflowId" | "ParentRunId" | "RootWorkflowId"
-            | "RootRunId" | "BuildIds" | "BatcherUser" | "TemporalChangeVersion"
-            | "TemporalSchedulePaused" | "TemporalScheduledById" | "TemporalScheduledStartTime"
-            | "TemporalWorkerDeploymentVersion" | "TemporalWorkflowVersioningBehavior"
-            | "TemporalWorkerDeployment" | "TemporalPauseInfo" | "TemporalNamespaceDivision" => {
+            "ExecutionTime"
+            | "ExecutionDuration"
+            | "HistoryLength"
+            | "HistorySizeBytes"
+            | "StateTransitionCount"
+            | "ParentWorkflowId"
+            | "ParentRunId"
+            | "RootWorkflowId"
+            | "RootRunId"
+            | "BuildIds"
+            | "BatcherUser"
+            | "TemporalChangeVersion"
+            | "TemporalSchedulePaused"
+            | "TemporalScheduledById"
+            | "TemporalScheduledStartTime"
+            | "TemporalWorkerDeploymentVersion"
+            | "TemporalWorkflowVersioningBehavior"
+            | "TemporalWorkerDeployment"
+            | "TemporalPauseInfo"
+            | "TemporalNamespaceDivision" => {
                 return err(format!(
                     "the system attribute `{name}` is not supported by DBOSify; supported: \
                      ExecutionStatus, {}, RunId, TaskQueue, StartTime, CloseTime and custom search attributes",
@@ -631,17 +647,30 @@ mod tests {
         );
         assert_eq!(p.filter.sql.matches("$?").count(), 3);
         assert!(!p.filter.sql.contains("'q'"), "{}", p.filter.sql);
-        let p = ok("WorkflowId IN ('a', 'b') AND CustomKeywordField STARTS_WITH 'x_%' \
+        let p = ok(
+            "WorkflowId IN ('a', 'b') AND CustomKeywordField STARTS_WITH 'x_%' \
                     AND CustomIntField BETWEEN 1 AND 5 AND StartTime > '2024-01-01T00:00:00Z' \
-                    AND CloseTime IS NULL AND NOT `Key With Space` = true GROUP BY ExecutionStatus");
+                    AND CloseTime IS NULL AND NOT `Key With Space` = true GROUP BY ExecutionStatus",
+        );
         assert!(p.group_by_status);
-        assert!(p.filter.binds.contains(&FilterValue::Text("x\\_\\%".into())));
-        assert!(p.filter.binds.contains(&FilterValue::Text("Key With Space".into())));
+        assert!(
+            p.filter
+                .binds
+                .contains(&FilterValue::Text("x\\_\\%".into()))
+        );
+        assert!(
+            p.filter
+                .binds
+                .contains(&FilterValue::Text("Key With Space".into()))
+        );
         assert!(ok("").filter.binds.is_empty());
         assert!(ok("GROUP BY ExecutionStatus").group_by_status);
         // Injection attempts stay values.
         let p = ok("WorkflowId = 'x'' OR 1=1 --'");
-        assert_eq!(p.filter.binds, vec![FilterValue::Text("x' OR 1=1 --".into())]);
+        assert_eq!(
+            p.filter.binds,
+            vec![FilterValue::Text("x' OR 1=1 --".into())]
+        );
     }
 
     #[test]
@@ -651,7 +680,10 @@ mod tests {
             ("ExecutionTime > '2024-01-01'", "ExecutionTime"),
             ("ExecutionStatus = 'Sleeping'", "unknown ExecutionStatus"),
             ("WorkflowId LIKE 'a%'", "LIKE"),
-            ("WorkflowId = 'a' GROUP BY WorkflowType", "GROUP BY ExecutionStatus"),
+            (
+                "WorkflowId = 'a' GROUP BY WorkflowType",
+                "GROUP BY ExecutionStatus",
+            ),
             ("StartTime > 'yesterday'", "timestamp"),
             ("(WorkflowId = 'a'", ")"),
             ("WorkflowId = 'a' garbage", "unexpected"),
