@@ -188,8 +188,24 @@ impl Worker {
             })
         })?;
         let task_queue = self.options.task_queue.clone();
-        let queues = vec![task_queue.clone()];
         let has_workflows = !self.options.workflows().is_empty();
+        let has_activities = !self.options.activities().is_empty();
+        // Workflow runs wait in the task queue; standalone activities in its activity queue.
+        let workflow_queues: Vec<String> = if has_workflows {
+            vec![task_queue.clone()]
+        } else {
+            Vec::new()
+        };
+        let activity_queues: Vec<String> = if has_activities {
+            vec![protocol::activity_queue(&task_queue)]
+        } else {
+            Vec::new()
+        };
+        let queues: Vec<String> = workflow_queues
+            .iter()
+            .chain(activity_queues.iter())
+            .cloned()
+            .collect();
         if has_workflows
             && db
                 .queue_config(&task_queue)
@@ -260,11 +276,11 @@ impl Worker {
             has_workflows.then(|| tokio::spawn(crate::engine::queries::serve(engine.clone())));
         info!(task_queue = %task_queue, identity = %self.identity, "worker started");
 
-        if has_workflows {
+        if !queues.is_empty() {
             match db.recover_own_runs(&self.identity).await {
                 Ok(runs) => {
                     for s in runs {
-                        threads.dispatch(&engine, s);
+                        dispatch(&threads, &engine, s);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot recover this worker's earlier runs"),
@@ -276,20 +292,45 @@ impl Worker {
         while !self.shutdown.is_cancelled() {
             self.held
                 .store(engine.held_runs(), std::sync::atomic::Ordering::Release);
-            if !has_workflows {
+            if queues.is_empty() {
                 self.shutdown.cancelled().await;
                 break;
             }
             let waiter = db.register_work_waiter(&queues);
-            let free = MAX_HELD_RUNS.saturating_sub(engine.held_runs());
+            let free = if has_workflows {
+                MAX_HELD_RUNS.saturating_sub(engine.held_runs())
+            } else {
+                0
+            };
             let mut full_batch = false;
+            // Standalone activities: claimed only while an activity slot is free, so a busy
+            // worker leaves them to others.
+            let activity_free = if has_activities {
+                engine.activity_slots.available_permits().min(CLAIM_BATCH)
+            } else {
+                0
+            };
+            if activity_free > 0 {
+                match db
+                    .claim(&self.identity, &activity_queues, activity_free)
+                    .await
+                {
+                    Ok(runs) => {
+                        full_batch |= runs.len() == activity_free;
+                        for s in runs {
+                            dispatch(&threads, &engine, s);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming standalone activities failed; retrying"),
+                }
+            }
             if free > 0 {
                 let want = free.min(claim_batch);
-                match db.claim(&self.identity, &queues, want).await {
+                match db.claim(&self.identity, &workflow_queues, want).await {
                     Ok(runs) => {
-                        full_batch = runs.len() == want;
+                        full_batch |= runs.len() == want;
                         for s in runs {
-                            threads.dispatch(&engine, s);
+                            dispatch(&threads, &engine, s);
                         }
                     }
                     Err(e) => {
@@ -308,7 +349,7 @@ impl Worker {
             tokio::select! {
                 _ = waiter.wait(CLAIM_FALLBACK) => {}
                 _ = self.shutdown.cancelled() => break,
-                _ = engine.changed.notified(), if free == 0 => {}
+                _ = engine.changed.notified(), if (has_workflows && free == 0) || (has_activities && activity_free == 0) => {}
             }
         }
 
@@ -336,6 +377,18 @@ impl Worker {
         executor.shutdown().await;
         info!(task_queue = %task_queue, "worker stopped");
         Ok(())
+    }
+}
+
+/// Hands a claimed row to its runner: standalone activities run on the main runtime, workflow
+/// runs on their workflow thread.
+fn dispatch(threads: &WorkflowThreads, engine: &Arc<Engine>, status: dbos_core::WorkflowStatus) {
+    if protocol::is_activity_run(&status.workflow_id) {
+        engine
+            .main
+            .spawn(crate::engine::standalone::run(engine.clone(), status));
+    } else {
+        threads.dispatch(engine, status);
     }
 }
 
