@@ -143,7 +143,11 @@ impl SystemDatabase {
         let (cond, next) = filter.numbered(1);
         let mut sql = format!(
             "SELECT {STATUS_COLUMNS} FROM {{s}}.workflow_status WHERE ({})",
-            if cond.trim().is_empty() { "TRUE" } else { &cond }
+            if cond.trim().is_empty() {
+                "TRUE"
+            } else {
+                &cond
+            }
         );
         if after.is_some() {
             sql.push_str(&format!(
