@@ -417,9 +417,9 @@ impl Parser<'_> {
                 let attr = format!("(attributes->'sav'->{k})");
                 match op {
                     "=" | "!=" => {
-                        let eq = format!(
-                            "(CASE WHEN jsonb_typeof({attr}) = 'array' THEN {attr} @> jsonb_build_array({v}::jsonb) ELSE {attr} = {v}::jsonb END)"
-                        );
+                        // Containment: equality for scalars; membership for keyword lists
+                        // (a JSON array contains a scalar that is one of its elements).
+                        let eq = format!("({attr} @> {v}::jsonb)");
                         if op == "=" {
                             eq
                         } else {
@@ -631,7 +631,14 @@ mod tests {
     use super::*;
 
     fn ok(q: &str) -> ParsedQuery {
-        parse(q, Target::Workflows, true).unwrap_or_else(|e| panic!("{q}: {e}"))
+        let p = parse(q, Target::Workflows, true).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert_eq!(
+            p.filter.sql.matches("$?").count(),
+            p.filter.binds.len(),
+            "one placeholder per bound value: {q} -> {}",
+            p.filter.sql
+        );
+        p
     }
 
     #[test]
