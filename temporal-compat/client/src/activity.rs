@@ -264,6 +264,8 @@ pub enum StartActivityError {
 }
 
 /// Errors of [`ActivityHandle::result`].
+// Upstream's shape (the failure is held inline); boxing it would change the public type.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ActivityResultError {

@@ -351,7 +351,7 @@ enum AttemptEnd {
     /// Completed through an async activity handle (no payload: no result).
     AsyncCompleted(Option<Payload>),
     /// Failed through an async activity handle.
-    AsyncFailed(Failure),
+    AsyncFailed(Box<Failure>),
     /// Cancellation reported through an async activity handle.
     AsyncCanceled(Vec<Payload>),
 }
@@ -383,7 +383,9 @@ async fn await_async_outcome(
                 Ok(AsyncOutcome::Completed { result }) => {
                     return AttemptEnd::AsyncCompleted(result.into_iter().next());
                 }
-                Ok(AsyncOutcome::Failed { failure }) => return AttemptEnd::AsyncFailed(failure),
+                Ok(AsyncOutcome::Failed { failure }) => {
+                    return AttemptEnd::AsyncFailed(Box::new(failure));
+                }
                 Ok(AsyncOutcome::Canceled { details }) => {
                     return AttemptEnd::AsyncCanceled(details);
                 }
@@ -729,7 +731,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
                     Some(f),
                 );
             }
-            AttemptEnd::AsyncFailed(f) => f,
+            AttemptEnd::AsyncFailed(f) => *f,
             AttemptEnd::Cancelled => {
                 // The worker is halting: no resolution is recorded (the run is abandoned too).
                 return cancelled_resolution(&engine, &task.activity_type, &task.activity_id, None);
