@@ -1265,6 +1265,17 @@ mod tests {
         assert!(e.to_string().contains("--r"), "{e}");
         assert!(validate_workflow_id("").is_err());
         assert!(validate_workflow_id("a\nb").is_err());
+        let e = validate_workflow_id("__temporal_activity/x").unwrap_err();
+        assert!(e.to_string().contains("standalone activities"), "{e}");
+        assert_eq!(activity_run_id("A", 0), "__temporal_activity/A");
+        assert_eq!(activity_run_id("A", 2), "__temporal_activity/A--r2");
+        assert!(is_activity_run(&activity_run_id("A", 1)));
+        assert!(
+            validate_activity_id("a--r1")
+                .unwrap_err()
+                .to_string()
+                .contains("activity id")
+        );
     }
 
     #[test]

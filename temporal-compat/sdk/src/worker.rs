@@ -1,4 +1,6 @@
-//! [`Worker`]: claims workflow runs of its task queue from Postgres and drives them.
+//! [`Worker`]: claims workflow runs of its task queue from Postgres and drives them; a worker
+//! that registers activities also claims the task queue's standalone activities (from the
+//! queue's activity queue, while it has a free activity slot) and runs them.
 //!
 //! `run()` opens the namespace's shared system database, registers the task queue and this
 //! worker's executor (id = the worker identity, `{pid}@{hostname}` by default), resumes the runs

@@ -354,6 +354,46 @@ async fn standalone_activities_retry_time_out_cancel_terminate_list_and_count() 
         .unwrap();
     assert!(first.err().unwrap().to_string().contains("ORDER BY"));
 
+    // Cancelled before any worker of its task queue runs it: closed as CANCELED at the claim.
+    let later = client
+        .start_activity(
+            Acts::echo,
+            "never".to_string(),
+            ActivityStartOptions::with_start_to_close_timeout(
+                "acts-later",
+                "later",
+                Duration::from_secs(10),
+            )
+            .build(),
+        )
+        .await
+        .unwrap();
+    later
+        .cancel(ActivityCancelOptions::default())
+        .await
+        .unwrap();
+    let d = later
+        .describe(ActivityDescribeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(d.status(), ActivityExecutionStatus::Running);
+    assert_eq!(
+        d.run_state(),
+        temporal_compat_client::PendingActivityState::CancelRequested
+    );
+    let (task2, stop2) = start_worker(
+        &client,
+        WorkerOptions::new("acts-later")
+            .register_activities(Acts)
+            .build(),
+    );
+    assert!(matches!(
+        later.result().await,
+        Err(ActivityResultError::Cancelled { .. })
+    ));
+    stop2();
+    task2.await.unwrap().unwrap();
+
     stop();
     task.await.unwrap().unwrap();
 }
