@@ -39,7 +39,7 @@ pub use checkpoints::{Checkpoint, StepWrite};
 pub use db::{Config, DEFAULT_APPLICATION_NAME, SystemDatabase, now_ms, validate_schema_name};
 pub use error::{Error, Result};
 pub use executors::{DEFAULT_LEASE, ExecutorHandle, ExecutorOptions};
-pub use management::ListFilter;
+pub use management::{FilterValue, ListFilter, RunFilter};
 pub use messages::{Message, SendIfOpen};
 pub use migrate::SCHEMA_VERSION;
 pub use notifier::{Mark, NotifierStats, Waiter, WakeKey};

@@ -68,6 +68,147 @@ fn escape_like(value: &str) -> String {
 /// Runs eligible for deletion per statement of [`SystemDatabase::delete_older_than`].
 const DELETE_BATCH: i64 = 10_000;
 
+/// A boolean filter over `workflow_status` produced by a caller's query parser (e.g. a
+/// visibility query): `sql` is made only of fixed fragments written by that parser, with one
+/// `$?` placeholder per entry of `binds`, in order. User input travels only in `binds`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// The expression (column names of `workflow_status`, operators, `$?` placeholders).
+    pub sql: String,
+    /// The values of the placeholders, in order.
+    pub binds: Vec<FilterValue>,
+}
+
+/// A value bound to a [`RunFilter`] placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterValue {
+    /// Text.
+    Text(String),
+    /// JSON (binds as `jsonb`).
+    Json(serde_json::Value),
+}
+
+impl RunFilter {
+    /// The expression with `$?` numbered from `$first`, and the number after the last.
+    fn numbered(&self, first: usize) -> (String, usize) {
+        let mut out = String::with_capacity(self.sql.len() + 8);
+        let mut n = first;
+        let mut rest = self.sql.as_str();
+        while let Some(i) = rest.find("$?") {
+            out.push_str(&rest[..i]);
+            out.push_str(&format!("${n}"));
+            n += 1;
+            rest = &rest[i + 2..];
+        }
+        out.push_str(rest);
+        (out, n)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.sql.matches("$?").count() != self.binds.len() {
+            return Err(Error::InvalidName {
+                what: "run filter",
+                value: self.sql.chars().take(80).collect(),
+                reason: "placeholders and bound values differ in number",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn bind_filter<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    binds: &'q [FilterValue],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for b in binds {
+        q = match b {
+            FilterValue::Text(v) => q.bind(v),
+            FilterValue::Json(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+impl SystemDatabase {
+    /// One page of the runs matching `filter`, newest first (creation time, then id, both
+    /// descending), starting after `after` (the creation time and id of the last run of the
+    /// previous page).
+    pub async fn list_runs_where(
+        &self,
+        filter: &RunFilter,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<WorkflowStatus>> {
+        filter.check()?;
+        let (cond, next) = filter.numbered(1);
+        let mut sql = format!(
+            "SELECT {STATUS_COLUMNS} FROM {{s}}.workflow_status WHERE ({})",
+            if cond.trim().is_empty() {
+                "TRUE"
+            } else {
+                &cond
+            }
+        );
+        if after.is_some() {
+            sql.push_str(&format!(
+                " AND (created_at, workflow_uuid) < (${}, ${})",
+                next,
+                next + 1
+            ));
+        }
+        let limit_at = if after.is_some() { next + 2 } else { next };
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, workflow_uuid DESC LIMIT ${limit_at}"
+        ));
+        let sql = self.sql(&sql);
+        let rows: Vec<PgRow> = self
+            .retry("list runs", || {
+                let mut q = bind_filter(sqlx::query(&sql), &filter.binds);
+                if let Some((t, id)) = &after {
+                    q = q.bind(t).bind(id);
+                }
+                q.bind(limit).fetch_all(self.pool())
+            })
+            .await?;
+        rows.iter().map(status_from_row).collect()
+    }
+
+    /// Counts the runs matching `filter`, grouped by `group_by` when given (a fixed SQL
+    /// expression over `workflow_status` written by the caller, never user input). Returns
+    /// (group value, count) pairs ordered by group value; without grouping one pair with `None`.
+    pub async fn count_runs_where(
+        &self,
+        filter: &RunFilter,
+        group_by: Option<&str>,
+    ) -> Result<Vec<(Option<String>, i64)>> {
+        filter.check()?;
+        let (cond, _) = filter.numbered(1);
+        let cond = if cond.trim().is_empty() {
+            "TRUE".to_string()
+        } else {
+            cond
+        };
+        let sql = match group_by {
+            Some(g) => format!(
+                "SELECT ({g})::text AS g, count(*) AS n FROM {{s}}.workflow_status WHERE ({cond}) \
+                 GROUP BY 1 ORDER BY 1"
+            ),
+            None => format!(
+                "SELECT NULL::text AS g, count(*) AS n FROM {{s}}.workflow_status WHERE ({cond})"
+            ),
+        };
+        let sql = self.sql(&sql);
+        let rows: Vec<PgRow> = self
+            .retry("count runs", || {
+                bind_filter(sqlx::query(&sql), &filter.binds).fetch_all(self.pool())
+            })
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("g")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
 impl SystemDatabase {
     /// Lists runs matching the filter, ordered by creation time (then id), oldest first unless
     /// `newest_first`.

@@ -242,6 +242,27 @@ impl Waiter {
     }
 }
 
+impl Waiter {
+    /// [`Self::wait`], telling whether it ended by a wake-up (`true`) rather than by the
+    /// fallback interval or the deadline.
+    pub(crate) async fn wait_woken(&self, deadline: Option<Instant>) -> bool {
+        let mut until = Instant::now() + self.shared.fallback;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        tokio::time::timeout_at(until, self.notify.notified())
+            .await
+            .is_ok()
+    }
+
+    /// Consumes a wake-up that arrived since the last wait, without waiting; `true` if there
+    /// was one.
+    pub(crate) fn take_wake(&self) -> bool {
+        use futures::FutureExt as _;
+        self.notify.notified().now_or_never().is_some()
+    }
+}
+
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut st = self.shared.state();

@@ -122,6 +122,7 @@ static LIMITS_CACHE: LazyLock<Mutex<LimitsCache>> = LazyLock::new(|| Mutex::new(
 /// run enqueued between the claim and the wait still wakes it.
 pub struct WorkWaiter {
     waiters: Vec<Waiter>,
+    queues: Vec<String>,
 }
 
 impl std::fmt::Debug for WorkWaiter {
@@ -146,6 +147,34 @@ impl WorkWaiter {
             .iter()
             .map(|w| Box::pin(w.wait(Some(deadline))));
         select_all(waits).await;
+    }
+
+    /// Like [`Self::wait`], telling which queues were notified: `Some(queues)` after a
+    /// wake-up (every queue woken since the last wait), `None` when the wait ended by the
+    /// fallback interval or `timeout` (any queue may have work, e.g. a delay that fell due).
+    pub async fn wait_woken(&self, timeout: Duration) -> Option<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        if self.waiters.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return None;
+        }
+        let waits = self
+            .waiters
+            .iter()
+            .map(|w| Box::pin(w.wait_woken(Some(deadline))));
+        let (woken, first, _) = select_all(waits).await;
+        if !woken {
+            return None;
+        }
+        Some(
+            self.queues
+                .iter()
+                .zip(&self.waiters)
+                .enumerate()
+                .filter(|(i, (_, w))| *i == first || w.take_wake())
+                .map(|(_, (q, _))| q.clone())
+                .collect(),
+        )
     }
 }
 
@@ -420,14 +449,15 @@ impl SystemDatabase {
 impl SystemDatabase {
     /// Registers interest in work on `queues`. Register before claiming, then wait on it.
     pub fn register_work_waiter(&self, queues: &[String]) -> WorkWaiter {
-        let mut keys: Vec<&String> = queues.iter().collect();
+        let mut keys: Vec<String> = queues.to_vec();
         keys.sort();
         keys.dedup();
         WorkWaiter {
             waiters: keys
-                .into_iter()
+                .iter()
                 .map(|q| self.register_waiter(WakeKey::Queue(q.clone())))
                 .collect(),
+            queues: keys,
         }
     }
 

@@ -303,3 +303,9 @@ impl From<ProtocolError> for ClientError {
         }
     }
 }
+
+impl From<dbos_core::Error> for ClientError {
+    fn from(e: dbos_core::Error) -> Self {
+        ProtocolError::from(e).into()
+    }
+}

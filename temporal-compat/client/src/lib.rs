@@ -22,13 +22,17 @@
 
 #![warn(missing_docs)]
 
+mod activity;
+mod async_activity_handle;
 pub mod envconfig;
 mod errors;
+mod listing;
 mod options;
 #[doc(hidden)]
 pub mod policies;
 #[doc(hidden)]
 pub mod protocol;
+mod visibility;
 mod with_start;
 mod workflow_handle;
 
@@ -46,9 +50,24 @@ use temporalio_protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolic
 use tracing::info;
 use url::Url;
 
+pub use activity::{
+    ActivityCancelOptions, ActivityCountOptions, ActivityDescribeOptions, ActivityExecutionCount,
+    ActivityExecutionCountAggregationGroup, ActivityExecutionDescription, ActivityExecutionInfo,
+    ActivityExecutionInfoLike, ActivityExecutionStatus, ActivityHandle, ActivityIdConflictPolicy,
+    ActivityIdReusePolicy, ActivityInteractionError, ActivityListOptions, ActivityResultError,
+    ActivityStartOptions, ActivityStartOptionsBuilder, ActivityTerminateOptions,
+    ListActivitiesStream, PendingActivityState, StartActivityError,
+};
+pub use async_activity_handle::{
+    ActivityHeartbeatResponse, ActivityIdentifier, AsyncActivityError, AsyncActivityHandle,
+};
 pub use errors::{
     ClientConnectError, ClientError, ClientNewError, WorkflowGetResultError,
     WorkflowInteractionError, WorkflowQueryError, WorkflowStartError, WorkflowUpdateError,
+};
+pub use listing::{
+    ListWorkflowsStream, WorkflowCountAggregationGroup, WorkflowCountOptions, WorkflowExecution,
+    WorkflowExecutionCount, WorkflowListOptions,
 };
 pub use options::{
     ClientKeepAliveOptions, ClientOptions, ClientTlsOptions, ConnectionOptions,

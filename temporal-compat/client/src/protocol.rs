@@ -268,6 +268,11 @@ pub fn validate_workflow_id(id: &str) -> Result<()> {
             "must not contain `--r`: DBOSify reserves it for run ids (`<workflow id>--r<n>`)",
         );
     }
+    if id.starts_with(ACTIVITY_RUN_PREFIX) {
+        return bad(
+            "must not start with `__temporal_activity/`: DBOSify reserves it for standalone activities",
+        );
+    }
     Ok(())
 }
 
@@ -1009,6 +1014,210 @@ pub fn new_run_request(
     req
 }
 
+// ------------------------------------------------------------------------------------------
+// Standalone activities and asynchronous activity completion
+// ------------------------------------------------------------------------------------------
+
+/// Prefix of the run ids of standalone activities: activity id `A` runs as DBOS workflow
+/// `__temporal_activity/A` (then `__temporal_activity/A--r1`, …), apart from workflow ids.
+/// Workflow ids may not start with it.
+pub const ACTIVITY_RUN_PREFIX: &str = "__temporal_activity/";
+
+/// The sequence number a standalone activity uses for its per-activity event keys
+/// ([`heartbeat_key`], [`attempt_key`], …): its run holds exactly one activity.
+pub const STANDALONE_SEQ: u32 = 1;
+
+/// The DBOS run id of run `index` of standalone activity `activity_id`.
+pub fn activity_run_id(activity_id: &str, index: u64) -> String {
+    run_id(&format!("{ACTIVITY_RUN_PREFIX}{activity_id}"), index)
+}
+
+/// The run base (`__temporal_activity/A`) of standalone activity `activity_id`.
+pub fn activity_run_base(activity_id: &str) -> String {
+    format!("{ACTIVITY_RUN_PREFIX}{activity_id}")
+}
+
+/// Whether a run id names a standalone activity.
+pub fn is_activity_run(run_id: &str) -> bool {
+    run_id.starts_with(ACTIVITY_RUN_PREFIX)
+}
+
+/// The DBOS queue standalone activities of `task_queue` wait in. Apart from the workflow queue,
+/// so a worker claims only what it registers (workflows, activities, or both).
+pub fn activity_queue(task_queue: &str) -> String {
+    format!("{ACTIVITY_RUN_PREFIX}{task_queue}")
+}
+
+/// Checks a standalone activity id: the rules of [`validate_workflow_id`].
+pub fn validate_activity_id(id: &str) -> Result<()> {
+    validate_workflow_id(id).map_err(|e| match e {
+        ProtocolError::InvalidWorkflowId { id, reason } => ProtocolError::InvalidWorkflowId {
+            id,
+            reason: reason.replace("workflow", "activity"),
+        },
+        other => other,
+    })
+}
+
+/// Event key of the last heartbeat details of activity `seq` of a run (payloads JSON).
+pub fn heartbeat_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:heartbeat")
+}
+
+/// Event key of the current attempt number of activity `seq` of a run.
+pub fn attempt_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:attempt")
+}
+
+/// Event key set when activity `seq` of a run returned `WillCompleteAsync`: the attempt number
+/// that waits for its asynchronous completion.
+pub fn async_pending_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:async_pending")
+}
+
+/// Event key naming the sequence number of the activity with id `activity_id` that waits for
+/// asynchronous completion (completion by workflow id + activity id).
+pub fn async_activity_id_key(activity_id: &str) -> String {
+    format!("__temporal_async_activity_id:{activity_id}")
+}
+
+/// Event key of the asynchronous outcome ([`AsyncOutcome`]) of attempt `attempt` of activity
+/// `seq`. Written once: the first completion wins.
+pub fn async_outcome_key(seq: u32, attempt: u32) -> String {
+    format!("__temporal_activity:{seq}:async_outcome:{attempt}")
+}
+
+/// Event key of the time (epoch ms) of the last heartbeat sent through an async activity
+/// handle; the worker waiting for the completion counts it against the heartbeat timeout.
+pub fn async_heartbeat_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:async_heartbeat")
+}
+
+/// Event key set when cancellation of activity `seq` was requested (by its workflow, or by
+/// `ActivityHandle::cancel` for a standalone activity); async heartbeats report it.
+pub fn cancel_requested_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:cancel_requested")
+}
+
+/// An outcome delivered through an async activity handle.
+#[allow(clippy::large_enum_variant)] // transient values; boxing would burden every caller
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AsyncOutcome {
+    /// Completed with a result (none: the unit result).
+    Completed {
+        /// The result payloads.
+        #[serde(default, with = "payload_vec")]
+        result: Vec<Payload>,
+    },
+    /// Failed (subject to the retry policy).
+    Failed {
+        /// The failure.
+        failure: Failure,
+    },
+    /// The activity acknowledged its cancellation.
+    Canceled {
+        /// Cancellation details.
+        #[serde(default, with = "payload_vec")]
+        details: Vec<Payload>,
+    },
+}
+
+json_codec!(AsyncOutcome => "asynchronous activity outcome");
+
+/// What a task token names: one attempt of one activity of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTokenParts {
+    /// The run holding the activity (a workflow run or a standalone activity's run).
+    pub run: String,
+    /// The activity's sequence number in the run.
+    pub seq: u32,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+impl TaskTokenParts {
+    /// The token bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses token bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            undecodable(
+                "task token",
+                format!("not a DBOSify activity task token: {e}"),
+            )
+        })
+    }
+}
+
+/// What a standalone activity's run records beside [`RunAttributes`] (under key `activity`):
+/// its presence marks the run as a standalone activity. `workflow_id` / `workflow_type` of the
+/// attributes hold the activity id and type.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ActivityAttributes {
+    /// Schedule-to-close timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_close_ms: Option<u64>,
+    /// Schedule-to-start timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_start_ms: Option<u64>,
+    /// Start-to-close timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_to_close_ms: Option<u64>,
+    /// Heartbeat timeout, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Retry policy (proto3 JSON of `temporal.api.common.v1.RetryPolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<serde_json::Value>,
+}
+
+impl RunAttributes {
+    /// The standalone activity part, when this run is a standalone activity.
+    pub fn activity(&self) -> Option<ActivityAttributes> {
+        self.extra
+            .get("activity")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Marks the run as a standalone activity with these settings.
+    pub fn set_activity(&mut self, activity: &ActivityAttributes) {
+        self.extra.insert(
+            "activity".to_string(),
+            serde_json::to_value(activity).unwrap_or_else(|_| serde_json::json!({})),
+        );
+    }
+}
+
+/// How a standalone activity ended, stored in the `error` column of an ERROR row (the form of
+/// [`TerminalOutcome`]: `{"kind": …}`); success is a SUCCESS row whose `output` holds the result
+/// payloads, termination the [`TerminalOutcome::Terminated`] text of a CANCELLED row.
+#[allow(clippy::large_enum_variant)] // transient values; boxing would burden every caller
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActivityEnd {
+    /// FAILED: the activity's failure.
+    Failed {
+        /// The failure.
+        failure: Failure,
+    },
+    /// CANCELED: the cancellation failure.
+    Canceled {
+        /// The failure (`CanceledFailureInfo`).
+        failure: Failure,
+    },
+    /// TIMED_OUT: the timeout failure.
+    TimedOut {
+        /// The failure (`TimeoutFailureInfo`).
+        failure: Failure,
+    },
+}
+
+json_codec!(ActivityEnd => "standalone activity outcome");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1064,6 +1273,17 @@ mod tests {
         assert!(e.to_string().contains("--r"), "{e}");
         assert!(validate_workflow_id("").is_err());
         assert!(validate_workflow_id("a\nb").is_err());
+        let e = validate_workflow_id("__temporal_activity/x").unwrap_err();
+        assert!(e.to_string().contains("standalone activities"), "{e}");
+        assert_eq!(activity_run_id("A", 0), "__temporal_activity/A");
+        assert_eq!(activity_run_id("A", 2), "__temporal_activity/A--r2");
+        assert!(is_activity_run(&activity_run_id("A", 1)));
+        assert!(
+            validate_activity_id("a--r1")
+                .unwrap_err()
+                .to_string()
+                .contains("activity id")
+        );
     }
 
     #[test]

@@ -1110,62 +1110,76 @@ pub struct WorkflowExecutionDescription {
     data_converter: DataConverter,
 }
 
+/// The visibility record of a run (memo decoded by the codec) and its attributes.
+pub(crate) async fn execution_info(
+    status: &WorkflowStatus,
+    dc: &DataConverter,
+) -> Result<(ProtoExecutionInfo, RunAttributes), crate::ClientError> {
+    let attrs = RunAttributes::of_run(status)?;
+    let exec_status = protocol::execution_status(status)?;
+    let mut memo = attrs.memo()?;
+    for p in memo.values_mut() {
+        let decoded = dc
+            .codec()
+            .decode(&wf_ctx(), vec![std::mem::take(p)])
+            .await?;
+        *p = decoded.into_iter().next().unwrap_or_default();
+    }
+    let closed = exec_status != ProtoStatus::Running;
+    let close_ms = closed.then(|| status.completed_at_ms.unwrap_or(status.updated_at_ms));
+    let start_ms = status.created_at_ms;
+    let execution_ms = status.delay_until_epoch_ms.unwrap_or(start_ms);
+    let parent = match (&attrs.parent_workflow_id, &attrs.parent_run_id) {
+        (Some(w), r) => Some(ProtoWorkflowExecution {
+            workflow_id: w.clone(),
+            run_id: r.clone().unwrap_or_default(),
+        }),
+        (None, Some(r)) => Some(ProtoWorkflowExecution {
+            workflow_id: protocol::parse_run_id(r).0.to_string(),
+            run_id: r.clone(),
+        }),
+        (None, None) => None,
+    };
+    let info = ProtoExecutionInfo {
+        execution: Some(ProtoWorkflowExecution {
+            workflow_id: attrs.workflow_id.clone(),
+            run_id: status.workflow_id.clone(),
+        }),
+        r#type: Some(WorkflowType {
+            name: status.name.clone(),
+        }),
+        start_time: Some(ts(start_ms)),
+        close_time: close_ms.map(ts),
+        status: exec_status as i32,
+        history_length: 0,
+        parent_execution: parent,
+        execution_time: Some(ts(execution_ms)),
+        memo: Some(ProtoMemo { fields: memo }),
+        search_attributes: Some(ProtoSearchAttributes {
+            indexed_fields: attrs.search_attributes()?,
+        }),
+        task_queue: status.queue_name.clone().unwrap_or_default(),
+        execution_duration: close_ms.map(|c| dur(c.saturating_sub(start_ms).max(0) as u64)),
+        first_run_id: attrs
+            .first_execution_run_id
+            .clone()
+            .unwrap_or_else(|| status.workflow_id.clone()),
+        ..Default::default()
+    };
+    Ok((info, attrs))
+}
+
 impl WorkflowExecutionDescription {
     async fn from_run(
         status: &WorkflowStatus,
         dc: &DataConverter,
     ) -> Result<Self, WorkflowInteractionError> {
-        let attrs = RunAttributes::of_run(status)?;
-        let exec_status = protocol::execution_status(status)?;
-        let mut memo = attrs.memo()?;
-        for p in memo.values_mut() {
-            let decoded = dc
-                .codec()
-                .decode(&wf_ctx(), vec![std::mem::take(p)])
-                .await?;
-            *p = decoded.into_iter().next().unwrap_or_default();
-        }
-        let closed = exec_status != ProtoStatus::Running;
-        let close_ms = closed.then(|| status.completed_at_ms.unwrap_or(status.updated_at_ms));
-        let start_ms = status.created_at_ms;
-        let execution_ms = status.delay_until_epoch_ms.unwrap_or(start_ms);
-        let parent = match (&attrs.parent_workflow_id, &attrs.parent_run_id) {
-            (Some(w), r) => Some(ProtoWorkflowExecution {
-                workflow_id: w.clone(),
-                run_id: r.clone().unwrap_or_default(),
-            }),
-            (None, Some(r)) => Some(ProtoWorkflowExecution {
-                workflow_id: protocol::parse_run_id(r).0.to_string(),
-                run_id: r.clone(),
-            }),
-            (None, None) => None,
-        };
-        let info = ProtoExecutionInfo {
-            execution: Some(ProtoWorkflowExecution {
-                workflow_id: attrs.workflow_id.clone(),
-                run_id: status.workflow_id.clone(),
-            }),
-            r#type: Some(WorkflowType {
-                name: status.name.clone(),
-            }),
-            start_time: Some(ts(start_ms)),
-            close_time: close_ms.map(ts),
-            status: exec_status as i32,
-            history_length: 0,
-            parent_execution: parent,
-            execution_time: Some(ts(execution_ms)),
-            memo: Some(ProtoMemo { fields: memo }),
-            search_attributes: Some(ProtoSearchAttributes {
-                indexed_fields: attrs.search_attributes()?,
-            }),
-            task_queue: status.queue_name.clone().unwrap_or_default(),
-            execution_duration: close_ms.map(|c| dur(c.saturating_sub(start_ms).max(0) as u64)),
-            first_run_id: attrs
-                .first_execution_run_id
-                .clone()
-                .unwrap_or_else(|| status.workflow_id.clone()),
-            ..Default::default()
-        };
+        let (info, attrs) = execution_info(status, dc).await.map_err(|e| match e {
+            crate::ClientError::PayloadConversion(p) => {
+                WorkflowInteractionError::PayloadConversion(p)
+            }
+            crate::ClientError::Rpc(s) => status_to_interaction(s),
+        })?;
         let config = WorkflowExecutionConfig {
             task_queue: Some(TaskQueue {
                 name: status.queue_name.clone().unwrap_or_default(),

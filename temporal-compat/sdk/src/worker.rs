@@ -1,4 +1,6 @@
-//! [`Worker`]: claims workflow runs of its task queue from Postgres and drives them.
+//! [`Worker`]: claims workflow runs of its task queue from Postgres and drives them; a worker
+//! that registers activities also claims the task queue's standalone activities (from the
+//! queue's activity queue, while it has a free activity slot) and runs them.
 //!
 //! `run()` opens the namespace's shared system database, registers the task queue and this
 //! worker's executor (id = the worker identity, `{pid}@{hostname}` by default), resumes the runs
@@ -188,8 +190,24 @@ impl Worker {
             })
         })?;
         let task_queue = self.options.task_queue.clone();
-        let queues = vec![task_queue.clone()];
         let has_workflows = !self.options.workflows().is_empty();
+        let has_activities = !self.options.activities().is_empty();
+        // Workflow runs wait in the task queue; standalone activities in its activity queue.
+        let workflow_queues: Vec<String> = if has_workflows {
+            vec![task_queue.clone()]
+        } else {
+            Vec::new()
+        };
+        let activity_queues: Vec<String> = if has_activities {
+            vec![protocol::activity_queue(&task_queue)]
+        } else {
+            Vec::new()
+        };
+        let queues: Vec<String> = workflow_queues
+            .iter()
+            .chain(activity_queues.iter())
+            .cloned()
+            .collect();
         if has_workflows
             && db
                 .queue_config(&task_queue)
@@ -260,11 +278,11 @@ impl Worker {
             has_workflows.then(|| tokio::spawn(crate::engine::queries::serve(engine.clone())));
         info!(task_queue = %task_queue, identity = %self.identity, "worker started");
 
-        if has_workflows {
+        if !queues.is_empty() {
             match db.recover_own_runs(&self.identity).await {
                 Ok(runs) => {
                     for s in runs {
-                        threads.dispatch(&engine, s, None);
+                        dispatch(&threads, &engine, s, None);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot recover this worker's earlier runs"),
@@ -273,26 +291,55 @@ impl Worker {
         }
 
         let claim_batch = self.options.tuner.workflow_slots().clamp(1, CLAIM_BATCH);
+        // Whether each queue set may have claimable work: cleared by a claim that found less
+        // than it asked for, set again by a wake-up of one of its queues, or by a wait that
+        // ended without one (the fallback: a delay may have fallen due). A worker thus issues
+        // one claim per wake-up, not one per queue set.
+        let (mut workflows_maybe, mut activities_maybe) = (true, true);
         while !self.shutdown.is_cancelled() {
             self.held
                 .store(engine.held_runs(), std::sync::atomic::Ordering::Release);
-            if !has_workflows {
+            if queues.is_empty() {
                 self.shutdown.cancelled().await;
                 break;
             }
             let waiter = db.register_work_waiter(&queues);
-            let free = MAX_HELD_RUNS.saturating_sub(engine.held_runs());
-            let mut full_batch = false;
-            if free > 0 {
+            let free = if has_workflows {
+                MAX_HELD_RUNS.saturating_sub(engine.held_runs())
+            } else {
+                0
+            };
+            // Standalone activities: claimed only while an activity slot is free, so a busy
+            // worker leaves them to others.
+            let activity_free = if has_activities {
+                engine.activity_slots.available_permits().min(CLAIM_BATCH)
+            } else {
+                0
+            };
+            if activities_maybe && activity_free > 0 {
+                match db
+                    .claim(&self.identity, &activity_queues, activity_free)
+                    .await
+                {
+                    Ok(runs) => {
+                        activities_maybe = runs.len() == activity_free;
+                        for s in runs {
+                            dispatch(&threads, &engine, s, None);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming standalone activities failed; retrying"),
+                }
+            }
+            if workflows_maybe && free > 0 {
                 let want = free.min(claim_batch);
                 // Wake-ups from here on are known to the runs claimed now (their inbox and
                 // status waiters start from this mark).
                 let mark = db.wake_mark();
-                match db.claim(&self.identity, &queues, want).await {
+                match db.claim(&self.identity, &workflow_queues, want).await {
                     Ok(runs) => {
-                        full_batch = runs.len() == want;
+                        workflows_maybe = runs.len() == want;
                         for s in runs {
-                            threads.dispatch(&engine, s, Some(mark));
+                            dispatch(&threads, &engine, s, Some(mark));
                         }
                     }
                     Err(e) => {
@@ -305,13 +352,21 @@ impl Worker {
                     }
                 }
             }
-            if full_batch {
+            if (workflows_maybe && free > 0) || (activities_maybe && activity_free > 0) {
                 continue;
             }
             tokio::select! {
-                _ = waiter.wait(CLAIM_FALLBACK) => {}
+                woken = waiter.wait_woken(CLAIM_FALLBACK) => match woken {
+                    Some(woken) => {
+                        for q in woken {
+                            workflows_maybe |= workflow_queues.contains(&q);
+                            activities_maybe |= activity_queues.contains(&q);
+                        }
+                    }
+                    None => (workflows_maybe, activities_maybe) = (true, true),
+                },
                 _ = self.shutdown.cancelled() => break,
-                _ = engine.changed.notified(), if free == 0 => {}
+                _ = engine.changed.notified(), if (has_workflows && free == 0) || (has_activities && activity_free == 0) => {}
             }
         }
 
@@ -339,6 +394,23 @@ impl Worker {
         executor.shutdown().await;
         info!(task_queue = %task_queue, "worker stopped");
         Ok(())
+    }
+}
+
+/// Hands a claimed row to its runner: standalone activities run on the main runtime, workflow
+/// runs on their workflow thread.
+fn dispatch(
+    threads: &WorkflowThreads,
+    engine: &Arc<Engine>,
+    status: dbos_core::WorkflowStatus,
+    mark: Option<dbos_core::Mark>,
+) {
+    if protocol::is_activity_run(&status.workflow_id) {
+        engine
+            .main
+            .spawn(crate::engine::standalone::run(engine.clone(), status));
+    } else {
+        threads.dispatch(engine, status, mark);
     }
 }
 

@@ -37,15 +37,11 @@ use tracing::{debug, warn};
 use super::{Engine, duration_of, proto_duration, system_time_ms};
 use crate::activities::{ActivityContext, ActivityInfo, HeartbeatSink};
 
-/// Event key of the last heartbeat details of activity `seq`.
-pub(crate) fn heartbeat_key(seq: u32) -> String {
-    format!("__temporal_activity:{seq}:heartbeat")
-}
-
-/// Event key of the current attempt number of activity `seq`.
-pub(crate) fn attempt_key(seq: u32) -> String {
-    format!("__temporal_activity:{seq}:attempt")
-}
+use temporal_compat_client::protocol::{
+    AsyncOutcome, TaskTokenParts, async_activity_id_key, async_heartbeat_key, async_outcome_key,
+    async_pending_key, cancel_requested_key,
+};
+pub(crate) use temporal_compat_client::protocol::{attempt_key, heartbeat_key};
 
 /// One activity to execute for a run.
 #[derive(Clone, Debug)]
@@ -91,6 +87,13 @@ pub(crate) struct ActivityTask {
     pub recovered: bool,
     /// Cancellation requested by the workflow.
     pub cancel: CancellationToken,
+}
+
+impl ActivityTask {
+    /// A standalone activity: its run is the activity's own (no workflow).
+    pub(crate) fn standalone(&self) -> bool {
+        temporal_compat_client::protocol::is_activity_run(&self.run_id)
+    }
 }
 
 /// Fills in Temporal's defaults: initial interval 1 s, coefficient 2.0 (when below 1), maximum
@@ -346,6 +349,119 @@ enum AttemptEnd {
     Done(Result<Payload, ActivityError>),
     Timeout(TimeoutType),
     Cancelled,
+    /// Completed through an async activity handle (no payload: no result).
+    AsyncCompleted(Option<Payload>),
+    /// Failed through an async activity handle.
+    AsyncFailed(Box<Failure>),
+    /// Cancellation reported through an async activity handle.
+    AsyncCanceled(Vec<Payload>),
+}
+
+/// Waits for the outcome an async activity handle records for attempt `attempt` (the activity
+/// returned `WillCompleteAsync`), enforcing the attempt's deadline and heartbeat timeout
+/// (heartbeats arrive as events from the handle). A cancellation request is recorded for the
+/// handle's heartbeats to report; the activity still has to report its cancellation.
+async fn await_async_outcome(
+    engine: &Engine,
+    task: &ActivityTask,
+    attempt: u32,
+    attempt_deadline: Option<i64>,
+    deadline_kind: TimeoutType,
+) -> AttemptEnd {
+    let db = &engine.db;
+    let run = task.run_id.clone();
+    let okey = async_outcome_key(task.seq, attempt);
+    let hkey = async_heartbeat_key(task.seq);
+    let mut last_beat = Instant::now();
+    let mut cancel_recorded = false;
+    let hb_timeout = task.heartbeat_timeout;
+    loop {
+        let outcome_waiter =
+            db.register_waiter(dbos_core::WakeKey::Event(run.clone(), okey.clone()));
+        let beat_waiter = db.register_waiter(dbos_core::WakeKey::Event(run.clone(), hkey.clone()));
+        match db.get_event(&run, &okey, None).await {
+            Ok(Some(text)) => match AsyncOutcome::from_text(&text) {
+                Ok(AsyncOutcome::Completed { result }) => {
+                    return AttemptEnd::AsyncCompleted(result.into_iter().next());
+                }
+                Ok(AsyncOutcome::Failed { failure }) => {
+                    return AttemptEnd::AsyncFailed(Box::new(failure));
+                }
+                Ok(AsyncOutcome::Canceled { details }) => {
+                    return AttemptEnd::AsyncCanceled(details);
+                }
+                Err(e) => {
+                    let app = ApplicationFailure::builder(anyhow::anyhow!("{e}"))
+                        .non_retryable(true)
+                        .build();
+                    return AttemptEnd::Done(Err(ActivityError::Application(Box::new(app))));
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                warn!(run_id = %run, error = %e, "cannot read the asynchronous activity outcome; retrying")
+            }
+        }
+        let deadline_sleep = async {
+            match attempt_deadline {
+                Some(d) => {
+                    let wait = u64::try_from(d - dbos_core::now_ms()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let beat_check = async {
+            match hb_timeout {
+                Some(t) => tokio::time::sleep(t.saturating_sub(last_beat.elapsed())).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = outcome_waiter.wait(None) => {}
+            _ = beat_waiter.wait(None) => {
+                if let Ok(Some(_)) = db.get_event(&run, &hkey, None).await {
+                    last_beat = Instant::now();
+                }
+            }
+            _ = deadline_sleep => return AttemptEnd::Timeout(deadline_kind),
+            _ = beat_check => {
+                if hb_timeout.is_some_and(|t| last_beat.elapsed() >= t) {
+                    return AttemptEnd::Timeout(TimeoutType::Heartbeat);
+                }
+            }
+            _ = task.cancel.cancelled(), if !cancel_recorded => {
+                cancel_recorded = true;
+                if let Err(e) = db.set_event(&run, &cancel_requested_key(task.seq), "").await {
+                    warn!(run_id = %run, error = %e, "cannot record the cancellation request");
+                }
+            }
+            _ = engine.halt.cancelled() => return AttemptEnd::Cancelled,
+        }
+    }
+}
+
+/// Records that attempt `attempt` of the task waits for asynchronous completion (and, for a
+/// workflow's activity, which sequence number its activity id names).
+async fn record_async_pending(engine: &Engine, task: &ActivityTask, attempt: u32) {
+    let mut events = vec![(async_pending_key(task.seq), attempt.to_string())];
+    if !task.standalone() {
+        events.push((
+            async_activity_id_key(&task.activity_id),
+            task.seq.to_string(),
+        ));
+    }
+    if let Err(e) = engine.db.set_events(&task.run_id, &events).await {
+        warn!(run_id = %task.run_id, error = %e, "cannot record that the activity completes asynchronously");
+    }
+}
+
+/// Whether attempt `attempt` of a recovered task already returned `WillCompleteAsync`.
+async fn waits_async(engine: &Engine, task: &ActivityTask, attempt: u32) -> bool {
+    matches!(
+        engine.db.get_event(&task.run_id, &async_pending_key(task.seq), None).await,
+        Ok(Some(a)) if a.parse::<u32>().ok() == Some(attempt)
+    )
 }
 
 /// Executes an activity to its resolution (all attempts). Never panics on bad data.
@@ -462,11 +578,16 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             st.last_beat = Instant::now();
         }
         let info = ActivityInfo {
-            task_token: format!("{}/{}/{}", task.run_id, task.seq, attempt).into_bytes(),
-            workflow_type: Some(task.workflow_type.clone()),
+            task_token: TaskTokenParts {
+                run: task.run_id.clone(),
+                seq: task.seq,
+                attempt,
+            }
+            .encode(),
+            workflow_type: (!task.standalone()).then(|| task.workflow_type.clone()),
             namespace: engine.namespace.clone(),
-            workflow_id: Some(task.workflow_id.clone()),
-            workflow_run_id: Some(task.run_id.clone()),
+            workflow_id: (!task.standalone()).then(|| task.workflow_id.clone()),
+            workflow_run_id: (!task.standalone()).then(|| task.run_id.clone()),
             activity_id: task.activity_id.clone(),
             activity_type: task.activity_type.clone(),
             task_queue: engine.task_queue.clone(),
@@ -479,7 +600,12 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             retry_policy: Some(task.retry.clone().into()),
             is_local: task.local,
             priority: Priority::default(),
-            activity_run_id: None,
+            activity_run_id: task.standalone().then(|| {
+                task.run_id
+                    .strip_prefix(temporal_compat_client::protocol::ACTIVITY_RUN_PREFIX)
+                    .unwrap_or(&task.run_id)
+                    .to_string()
+            }),
         };
         let attempt_cancel = task.cancel.child_token();
         let sink: Option<Arc<dyn HeartbeatSink>> = if task.local {
@@ -496,6 +622,8 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             sink,
             engine.client.clone(),
         );
+        let resumed_async =
+            task.recovered && !task.local && waits_async(&engine, &task, attempt).await;
         engine
             .running_activities
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -521,6 +649,12 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
                 task.heartbeat_timeout
             };
             let halted = engine.halt.clone();
+            if resumed_async {
+                // This attempt already returned WillCompleteAsync before a restart: its outcome
+                // comes from the async handle, the activity is not run again.
+                drop(fut);
+                fut = Box::pin(async { Err(ActivityError::WillCompleteAsync) });
+            }
             loop {
                 let check = hb_timeout.map(|t| (t / 4).max(Duration::from_millis(10)));
                 tokio::select! {
@@ -538,6 +672,28 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
                 }
             }
         };
+        let end = match end {
+            AttemptEnd::Done(Err(ActivityError::WillCompleteAsync)) if !task.local => {
+                if !resumed_async {
+                    record_async_pending(&engine, &task, attempt).await;
+                }
+                debug!(run_id = %task.run_id, seq = task.seq, attempt, "activity completes asynchronously");
+                let end =
+                    await_async_outcome(&engine, &task, attempt, attempt_deadline, deadline_kind)
+                        .await;
+                // The handle may have recorded heartbeat details for the next attempt.
+                if let Ok(Some(h)) = engine
+                    .db
+                    .get_event(&task.run_id, &heartbeat_key(task.seq), None)
+                    .await
+                    && let Ok(d) = decode_payloads("heartbeat details", &h)
+                {
+                    hb.lock().latest = d;
+                }
+                end
+            }
+            other => other,
+        };
         engine
             .running_activities
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -553,6 +709,30 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
                     })),
                 };
             }
+            AttemptEnd::AsyncCompleted(result) => {
+                return ActivityResolution {
+                    status: Some(activity_resolution::Status::Completed(Success { result })),
+                };
+            }
+            AttemptEnd::AsyncCanceled(d) => {
+                let f = Failure {
+                    message: "Activity cancelled".to_string(),
+                    failure_info: Some(FailureInfo::CanceledFailureInfo(
+                        temporalio_common_wasm::protos::temporal::api::failure::v1::CanceledFailureInfo {
+                            details: (!d.is_empty()).then_some(Payloads { payloads: d }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                };
+                return cancelled_resolution(
+                    &engine,
+                    &task.activity_type,
+                    &task.activity_id,
+                    Some(f),
+                );
+            }
+            AttemptEnd::AsyncFailed(f) => *f,
             AttemptEnd::Cancelled => {
                 // The worker is halting: no resolution is recorded (the run is abandoned too).
                 return cancelled_resolution(&engine, &task.activity_type, &task.activity_id, None);
@@ -577,7 +757,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             }
             AttemptEnd::Done(Err(other)) => {
                 let app = ApplicationFailure::builder(anyhow::anyhow!(
-                    "activity returned an unsupported error (asynchronous completion is not supported by DBOSify): {other:?}"
+                    "activity returned an unsupported error (local activities cannot complete asynchronously): {other:?}"
                 ))
                 .non_retryable(true)
                 .build();

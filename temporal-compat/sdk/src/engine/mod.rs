@@ -6,6 +6,7 @@
 //!   its commands);
 //! - [`activity`]: activity execution with Temporal's retry, timeout, heartbeat and cancellation
 //!   semantics, on the main runtime;
+//! - [`standalone`]: standalone activities (a claimed activity row runs through [`activity`]);
 //! - [`queries`]: queries on closed runs of the task queue (rebuilt by replay, answered,
 //!   discarded);
 //! - [`threads`]: the workflow threads (each a current-thread runtime with a `LocalSet`, since
@@ -19,6 +20,7 @@ pub(crate) mod cache;
 pub(crate) mod children;
 pub(crate) mod queries;
 pub(crate) mod run;
+pub(crate) mod standalone;
 pub(crate) mod threads;
 
 use std::future::Future;

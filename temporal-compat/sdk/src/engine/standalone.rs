@@ -1,0 +1,277 @@
+//! Standalone activities on the worker: a claimed activity row (see the client's `activity`
+//! module and [`protocol::ActivityAttributes`]) runs through the same activity machinery as a
+//! workflow's activities ([`super::activity::execute`]: retry policy, timeouts, heartbeats,
+//! durable attempt numbers, async completion), and its resolution becomes the row's outcome.
+//!
+//! While it runs, the row's status is watched (a terminate decides it elsewhere: the activity is
+//! cancelled and its result dropped) and so is its cancellation-request event
+//! ([`protocol::cancel_requested_key`]), which cancels the activity's context.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbos_core::{CompleteResult, Outcome, RunState, WakeKey, WorkflowStatus};
+use temporal_compat_client::protocol::{
+    self, ActivityEnd, RunAttributes, STANDALONE_SEQ, cancel_requested_key,
+};
+use temporalio_common_wasm::protos::coresdk::activity_result::{
+    ActivityResolution, activity_resolution,
+};
+use temporalio_common_wasm::protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolicy;
+use temporalio_common_wasm::protos::temporal::api::enums::v1::TimeoutType;
+use temporalio_common_wasm::protos::temporal::api::failure::v1::failure::FailureInfo;
+use temporalio_common_wasm::protos::temporal::api::failure::v1::{
+    CanceledFailureInfo, Failure, TimeoutFailureInfo,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Engine;
+use super::activity::{self, ActivityTask, normalize_retry};
+
+fn failure(message: impl Into<String>, info: FailureInfo) -> Failure {
+    Failure {
+        message: message.into(),
+        failure_info: Some(info),
+        ..Default::default()
+    }
+}
+
+/// The failure an activity produced, without the `ActivityFailure` wrapper workflows receive.
+fn unwrap_activity_failure(f: Failure) -> Failure {
+    match (&f.failure_info, f.cause) {
+        (Some(FailureInfo::ActivityFailureInfo(_)), Some(cause)) => *cause,
+        (_, cause) => Failure { cause, ..f },
+    }
+}
+
+/// The row outcome of a resolution; `None` when nothing is to be recorded (the worker halts).
+fn outcome_of(resolution: ActivityResolution) -> Option<Outcome> {
+    let end = match resolution.status? {
+        activity_resolution::Status::Completed(s) => {
+            let payloads: Vec<_> = s.result.into_iter().collect();
+            return Some(Outcome::Success(protocol::encode_payloads(&payloads)));
+        }
+        activity_resolution::Status::Failed(f) => {
+            let f = unwrap_activity_failure(f.failure.unwrap_or_default());
+            if matches!(f.failure_info, Some(FailureInfo::TimeoutFailureInfo(_))) {
+                ActivityEnd::TimedOut { failure: f }
+            } else {
+                ActivityEnd::Failed { failure: f }
+            }
+        }
+        activity_resolution::Status::Cancelled(c) => ActivityEnd::Canceled {
+            failure: unwrap_activity_failure(c.failure.unwrap_or_default()),
+        },
+        activity_resolution::Status::Backoff(_) => ActivityEnd::Failed {
+            failure: failure(
+                "a standalone activity resolved as a local-activity backoff",
+                FailureInfo::ApplicationFailureInfo(Default::default()),
+            ),
+        },
+    };
+    Some(Outcome::Error(end.to_text()))
+}
+
+async fn record(engine: &Engine, run: &str, outcome: Outcome) {
+    loop {
+        match engine
+            .db
+            .complete(run, Some(&engine.executor_id), &outcome)
+            .await
+        {
+            Ok(CompleteResult::Recorded) => {
+                debug!(run_id = %run, "standalone activity closed");
+                return;
+            }
+            Ok(CompleteResult::AlreadyDecided(s)) => {
+                info!(run_id = %run, state = s.state.as_str(), "standalone activity was decided elsewhere; result dropped");
+                return;
+            }
+            Err(e) if e.is_transient() && !engine.halt.is_cancelled() => {
+                warn!(run_id = %run, error = %e, "cannot record the activity outcome; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                warn!(run_id = %run, error = %e, "cannot record the activity outcome");
+                return;
+            }
+        }
+    }
+}
+
+fn ms(v: Option<u64>) -> Option<Duration> {
+    v.filter(|m| *m > 0).map(Duration::from_millis)
+}
+
+/// Runs one claimed standalone activity row to its outcome. Never panics on bad data: a row
+/// that cannot be run closes as FAILED with a clear message.
+pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
+    let run = status.workflow_id.clone();
+    let bad = |msg: String| {
+        let f = failure(
+            msg,
+            FailureInfo::ApplicationFailureInfo(
+                temporalio_common_wasm::protos::temporal::api::failure::v1::ApplicationFailureInfo {
+                    non_retryable: true,
+                    ..Default::default()
+                },
+            ),
+        );
+        Outcome::Error(ActivityEnd::Failed { failure: f }.to_text())
+    };
+    let attrs = match RunAttributes::of_run(&status) {
+        Ok(a) => a,
+        Err(e) => return record(&engine, &run, bad(e.to_string())).await,
+    };
+    let Some(act) = attrs.activity() else {
+        return record(
+            &engine,
+            &run,
+            bad(format!("run `{run}` is not a standalone activity")),
+        )
+        .await;
+    };
+    let arguments = match status.inputs.as_deref() {
+        Some(t) if !t.is_empty() => {
+            match protocol::decode_payloads(&format!("input of activity run `{run}`"), t) {
+                Ok(p) => p,
+                Err(e) => return record(&engine, &run, bad(e.to_string())).await,
+            }
+        }
+        _ => Vec::new(),
+    };
+    let headers = attrs.header().unwrap_or_default();
+    let retry: Option<ProtoRetryPolicy> = match &act.retry_policy {
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return record(
+                    &engine,
+                    &run,
+                    bad(format!("retry policy does not decode: {e}")),
+                )
+                .await;
+            }
+        },
+        None => None,
+    };
+    // A cancellation requested before any worker started it closes it at once.
+    if let Ok(Some(reason)) = engine
+        .db
+        .get_event(&run, &cancel_requested_key(STANDALONE_SEQ), None)
+        .await
+    {
+        let f = failure(
+            if reason.is_empty() {
+                "Activity cancelled".to_string()
+            } else {
+                reason
+            },
+            FailureInfo::CanceledFailureInfo(CanceledFailureInfo::default()),
+        );
+        return record(
+            &engine,
+            &run,
+            Outcome::Error(ActivityEnd::Canceled { failure: f }.to_text()),
+        )
+        .await;
+    }
+    let scheduled_at = status.delay_until_epoch_ms.unwrap_or(status.created_at_ms);
+    // Schedule-to-start covers the wait in the task queue: the claim is the start.
+    if let Some(s2s) = ms(act.schedule_to_start_ms)
+        && status.recovery_attempts == 0
+        && dbos_core::now_ms() - scheduled_at > i64::try_from(s2s.as_millis()).unwrap_or(i64::MAX)
+    {
+        let f = failure(
+            "activity ScheduleToStart timeout",
+            FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
+                timeout_type: TimeoutType::ScheduleToStart as i32,
+                last_heartbeat_details: None,
+            }),
+        );
+        return record(
+            &engine,
+            &run,
+            Outcome::Error(ActivityEnd::TimedOut { failure: f }.to_text()),
+        )
+        .await;
+    }
+    let cancel = CancellationToken::new();
+    let task = ActivityTask {
+        run_id: run.clone(),
+        workflow_id: attrs.workflow_id.clone(),
+        workflow_type: String::new(),
+        seq: STANDALONE_SEQ,
+        local: false,
+        activity_id: attrs.workflow_id.clone(),
+        activity_type: status.name.clone(),
+        headers,
+        arguments,
+        schedule_to_close: ms(act.schedule_to_close_ms),
+        // Already checked against the time in the queue.
+        schedule_to_start: None,
+        start_to_close: ms(act.start_to_close_ms),
+        heartbeat_timeout: ms(act.heartbeat_timeout_ms),
+        retry: normalize_retry(retry),
+        scheduled_at_ms: scheduled_at,
+        first_attempt: 1,
+        heartbeat_details: Vec::new(),
+        local_retry_threshold: Duration::ZERO,
+        recovered: status.recovery_attempts > 0,
+        cancel: cancel.clone(),
+    };
+    // Watch for a cancellation request and for the row being decided elsewhere.
+    let decided = CancellationToken::new();
+    let watcher = {
+        let engine = engine.clone();
+        let run = run.clone();
+        let cancel = cancel.clone();
+        let decided = decided.clone();
+        tokio::spawn(async move {
+            let ckey = cancel_requested_key(STANDALONE_SEQ);
+            loop {
+                let status_w = engine.db.register_waiter(WakeKey::Status(run.clone()));
+                let cancel_w = engine
+                    .db
+                    .register_waiter(WakeKey::Event(run.clone(), ckey.clone()));
+                if !cancel.is_cancelled()
+                    && let Ok(Some(_)) = engine.db.get_event(&run, &ckey, None).await
+                {
+                    debug!(run_id = %run, "standalone activity cancellation requested");
+                    cancel.cancel();
+                }
+                match engine.db.status(&run).await {
+                    Ok(Some(s))
+                        if s.state != RunState::Pending
+                            || s.executor_id.as_deref() != Some(engine.executor_id.as_str()) =>
+                    {
+                        decided.cancel();
+                        cancel.cancel();
+                        return;
+                    }
+                    Ok(None) => {
+                        decided.cancel();
+                        cancel.cancel();
+                        return;
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = status_w.wait(None) => {}
+                    _ = cancel_w.wait(None) => {}
+                    _ = engine.halt.cancelled() => return,
+                }
+            }
+        })
+    };
+    let resolution = activity::execute(engine.clone(), task).await;
+    watcher.abort();
+    if engine.halt.is_cancelled() || decided.is_cancelled() {
+        // Halting: the row stays PENDING and is recovered; decided elsewhere: nothing to record.
+        return;
+    }
+    if let Some(outcome) = outcome_of(resolution) {
+        record(&engine, &run, outcome).await;
+    }
+}
