@@ -27,6 +27,7 @@ mod errors;
 mod options;
 #[doc(hidden)]
 pub mod protocol;
+pub mod schedules;
 mod with_start;
 mod workflow_handle;
 
