@@ -460,6 +460,16 @@ async fn unsupported_settings_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
+    let e = h
+        .update(
+            |u| {
+                u.set_keep_original_workflow_id(true);
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("keep_original_workflow_id"), "{e}");
     let mut stream = client.list_schedules(
         ListSchedulesOptions::builder()
             .query("TemporalSchedulePaused = true".to_string())

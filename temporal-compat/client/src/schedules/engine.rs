@@ -184,6 +184,13 @@ pub(crate) fn validate(schedule: &proto::Schedule) -> Result<CompiledSpec, Strin
     }
     if let Some(p) = &schedule.policies {
         check_overlap_policy(p.overlap_policy)?;
+        if p.keep_original_workflow_id {
+            // Every action would need a new run of one workflow id, which the deterministic
+            // per-time run ids cannot express yet.
+            return Err("the schedule policy keep_original_workflow_id is not supported by \
+                        DBOSify; scheduled workflow ids always end with the nominal time"
+                .into());
+        }
     }
     Ok(spec)
 }

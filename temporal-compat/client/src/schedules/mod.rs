@@ -877,7 +877,8 @@ impl ScheduleUpdate {
         self
     }
 
-    /// Sets whether workflow ids are the action's id without the time suffix.
+    /// Sets whether workflow ids are the action's id without the time suffix (`true` is
+    /// refused by DBOSify when the update is sent).
     pub fn set_keep_original_workflow_id(&mut self, keep: bool) -> &mut Self {
         self.policies_mut().keep_original_workflow_id = keep;
         self
