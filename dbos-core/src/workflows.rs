@@ -630,16 +630,15 @@ impl PreparedEnqueue {
         if let Some(m) = first_message {
             query = query.bind(m.topic).bind(m.body).bind(m.message_id);
         }
-        query
-            .fetch_optional(executor)
-            .await
-            .map_err(|e| match crate::error::sqlstate(&e).as_deref() {
+        query.fetch_optional(executor).await.map_err(|e| {
+            match crate::error::sqlstate(&e).as_deref() {
                 Some("23505") => Error::Duplicated {
                     queue: request.queue_name.clone(),
                     deduplication_id: request.deduplication_id.clone().unwrap_or_default(),
                 },
                 _ => Error::Database(e),
-            })
+            }
+        })
     }
 
     /// What the statement's row says.

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dbos_core::{
-    EnqueueRequest, Enqueued, Error, NewSchedule, Outcome, RunState, ScheduleChange,
-    ScheduleTarget,
+    EnqueueRequest, Enqueued, Error, NewSchedule, Outcome, RunState, ScheduleChange, ScheduleTarget,
 };
 use serde_json::json;
 
@@ -55,7 +54,10 @@ async fn create_read_list_delete() {
         .create_schedule(&new_schedule("b", None))
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::ScheduleExists(ref id) if id == "b"), "{e}");
+    assert!(
+        matches!(e, Error::ScheduleExists(ref id) if id == "b"),
+        "{e}"
+    );
     db.create_schedule(&new_schedule("a", None))
         .await
         .expect("create");
@@ -211,7 +213,11 @@ async fn concurrent_schedulers_share_due_rows_without_double_starts() {
         .await
         .expect("list");
     assert_eq!(calls.load(Ordering::SeqCst), started);
-    assert_eq!(runs.len(), started, "every nominal time started exactly once");
+    assert_eq!(
+        runs.len(),
+        started,
+        "every nominal time started exactly once"
+    );
     let mut fired = 0;
     for i in 0..20 {
         let row = db

@@ -129,7 +129,11 @@ async fn create_describe_list_trigger_pause_delete() {
     // Temporal's naming: the action's id plus the nominal time in RFC 3339 seconds.
     let id = &recent[0].workflow_id;
     assert!(id.starts_with("greet-20") && id.ends_with('Z'), "{id}");
-    assert_eq!(id.len(), "greet-".len() + "2026-11-21T10:00:00Z".len(), "{id}");
+    assert_eq!(
+        id.len(),
+        "greet-".len() + "2026-11-21T10:00:00Z".len(),
+        "{id}"
+    );
     assert_eq!(desc.running_actions().len(), 1);
     assert_eq!(desc.future_action_times().len(), 10);
     let first = desc.future_action_times()[0]
@@ -145,7 +149,10 @@ async fn create_describe_list_trigger_pause_delete() {
     };
     assert_eq!(a.workflow_type(), "Greet");
     assert_eq!(a.task_queue(), TQ);
-    assert_eq!(a.args::<String>().await.expect("args"), Some("world".into()));
+    assert_eq!(
+        a.args::<String>().await.expect("args"),
+        Some("world".into())
+    );
 
     // The run is a normal workflow run, with the scheduled-by search attributes.
     let run = db.status(id).await.expect("status").expect("run");
@@ -174,7 +181,10 @@ async fn create_describe_list_trigger_pause_delete() {
     let desc = handle.describe(Default::default()).await.expect("describe");
     assert!(desc.paused());
     assert_eq!(desc.note(), Some("maintenance"));
-    assert_eq!(db.schedule("demo").await.unwrap().unwrap().next_fire_at_ms, None);
+    assert_eq!(
+        db.schedule("demo").await.unwrap().unwrap().next_fire_at_ms,
+        None
+    );
     handle
         .unpause(None::<String>, Default::default())
         .await
@@ -182,7 +192,14 @@ async fn create_describe_list_trigger_pause_delete() {
     let desc = handle.describe(Default::default()).await.expect("describe");
     assert!(!desc.paused());
     assert_eq!(desc.note(), Some("Unpaused via Rust SDK"));
-    assert!(db.schedule("demo").await.unwrap().unwrap().next_fire_at_ms.is_some());
+    assert!(
+        db.schedule("demo")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_fire_at_ms
+            .is_some()
+    );
 
     // The default overlap policy (Skip) skips a trigger while the first run is open.
     handle
@@ -395,16 +412,18 @@ async fn interval_firing_respects_remaining_actions_and_pause_on_failure() {
     assert_eq!(fire_due(&db, 10).await.expect("fire"), 1);
     let d = p.describe(Default::default()).await.expect("describe");
     assert!(d.paused());
-    assert!(d.note().is_some_and(|n| n.contains(&failed)), "{:?}", d.note());
+    assert!(
+        d.note().is_some_and(|n| n.contains(&failed)),
+        "{:?}",
+        d.note()
+    );
 }
 
 #[tokio::test]
 async fn unsupported_settings_are_refused() {
     let (client, db) = setup().await;
     let refused = [
-        ScheduleSpec::builder()
-            .timezone_name("US/Eastern")
-            .build(),
+        ScheduleSpec::builder().timezone_name("US/Eastern").build(),
         ScheduleSpec::builder()
             .cron_strings(vec!["@every 10s".into()])
             .build(),
@@ -419,7 +438,11 @@ async fn unsupported_settings_are_refused() {
             .create_schedule("bad", options(spec.clone()))
             .await
             .unwrap_err();
-        assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{spec:?}: {e}");
+        assert_eq!(
+            status_code(&e),
+            tonic::Code::InvalidArgument,
+            "{spec:?}: {e}"
+        );
     }
     for policy in [
         ScheduleOverlapPolicy::CancelOther,

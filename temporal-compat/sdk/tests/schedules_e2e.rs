@@ -105,7 +105,9 @@ async fn a_worker_fires_an_interval_schedule_and_runs_its_workflows() {
             .map(|i| {
                 i.recent_actions
                     .iter()
-                    .filter(|a| a.start_workflow_status == WorkflowExecutionStatus::Completed as i32)
+                    .filter(|a| {
+                        a.start_workflow_status == WorkflowExecutionStatus::Completed as i32
+                    })
                     .count()
             })
             .unwrap_or(0);
@@ -120,7 +122,10 @@ async fn a_worker_fires_an_interval_schedule_and_runs_its_workflows() {
     };
     let recent = desc.recent_actions();
     for pair in recent.windows(2) {
-        let (a, b) = (pair[0].schedule_time.unwrap(), pair[1].schedule_time.unwrap());
+        let (a, b) = (
+            pair[0].schedule_time.unwrap(),
+            pair[1].schedule_time.unwrap(),
+        );
         assert_eq!(b.duration_since(a).unwrap(), Duration::from_secs(1));
     }
     for action in recent.iter().take(3) {
@@ -139,7 +144,10 @@ async fn a_worker_fires_an_interval_schedule_and_runs_its_workflows() {
             .expect("the run");
         // The scheduler sleeps until the fire time (not a poll): the run is created on time.
         let late = run.created_at_ms - i64::try_from(nominal.as_millis()).unwrap();
-        assert!((0..1500).contains(&late), "created {late} ms after its time");
+        assert!(
+            (0..1500).contains(&late),
+            "created {late} ms after its time"
+        );
         let result: String = client
             .get_workflow_handle::<Scheduled>(&action.workflow_id)
             .get_result(WorkflowGetResultOptions::default())

@@ -146,7 +146,11 @@ pub(crate) fn validate(schedule: &proto::Schedule) -> Result<CompiledSpec, Strin
         return Err("the schedule action needs a workflow id".into());
     }
     protocol::validate_workflow_id(&info.workflow_id).map_err(|e| e.to_string())?;
-    if info.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
+    if info
+        .workflow_type
+        .as_ref()
+        .is_none_or(|t| t.name.is_empty())
+    {
         return Err("the schedule action needs a workflow type".into());
     }
     if info.task_queue.as_ref().is_none_or(|t| t.name.is_empty()) {
@@ -187,9 +191,11 @@ pub(crate) fn validate(schedule: &proto::Schedule) -> Result<CompiledSpec, Strin
         if p.keep_original_workflow_id {
             // Every action would need a new run of one workflow id, which the deterministic
             // per-time run ids cannot express yet.
-            return Err("the schedule policy keep_original_workflow_id is not supported by \
+            return Err(
+                "the schedule policy keep_original_workflow_id is not supported by \
                         DBOSify; scheduled workflow ids always end with the nominal time"
-                .into());
+                    .into(),
+            );
         }
     }
     Ok(spec)
@@ -261,7 +267,7 @@ pub(crate) fn evaluate(
         }
         Op::Fire | Op::Trigger(_) | Op::Backfill(_) => {}
     }
-    let policies = schedule.policies.clone().unwrap_or_default();
+    let policies = schedule.policies.unwrap_or_default();
     let mut ctx = Ctx {
         schedule_id: &row.schedule_id,
         info: match start_info(&schedule) {
@@ -308,7 +314,13 @@ pub(crate) fn evaluate(
         overlap::UNSPECIFIED => overlap::SKIP,
         p => p,
     };
-    let resolve = |p: i32| if p == overlap::UNSPECIFIED { default_policy } else { p };
+    let resolve = |p: i32| {
+        if p == overlap::UNSPECIFIED {
+            default_policy
+        } else {
+            p
+        }
+    };
     match op {
         Op::Trigger(p) => take_action(&mut ctx, &mut state, now, true, resolve(*p)),
         Op::Backfill(times) => {

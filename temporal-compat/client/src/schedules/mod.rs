@@ -87,9 +87,9 @@ impl From<ProtocolError> for ScheduleError {
 impl From<dbos_core::Error> for ScheduleError {
     fn from(e: dbos_core::Error) -> Self {
         match &e {
-            dbos_core::Error::UnknownSchedule(id) => {
-                Self::Rpc(tonic::Status::not_found(format!("schedule `{id}` not found")))
-            }
+            dbos_core::Error::UnknownSchedule(id) => Self::Rpc(tonic::Status::not_found(format!(
+                "schedule `{id}` not found"
+            ))),
             dbos_core::Error::ScheduleExists(id) => Self::Rpc(tonic::Status::already_exists(
                 format!("schedule `{id}` already exists"),
             )),
@@ -1165,12 +1165,7 @@ impl ScheduleHandle<Client> {
             }
         }
         let spec = spec_of(&schedule);
-        let future = future_times(
-            &schedule,
-            &spec,
-            row.next_fire_at_ms,
-            DESCRIBE_FUTURE_TIMES,
-        );
+        let future = future_times(&schedule, &spec, row.next_fire_at_ms, DESCRIBE_FUTURE_TIMES);
         // `invalid_schedule_error` is deprecated in the proto but is the field that says why a
         // stored schedule cannot fire.
         #[allow(deprecated)]
@@ -1359,9 +1354,7 @@ impl Client {
         info!(schedule_id = %schedule_id, "schedule created");
         let handle = self.get_schedule_handle(schedule_id);
         if opts.trigger_immediately {
-            handle
-                .op(Op::Trigger(engine::overlap::ALLOW_ALL))
-                .await?;
+            handle.op(Op::Trigger(engine::overlap::ALLOW_ALL)).await?;
         }
         Ok(handle)
     }
