@@ -462,6 +462,20 @@ async fn unsupported_settings_are_refused() {
         assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
         assert!(e.to_string().contains("not supported by DBOSify"), "{e}");
     }
+    // An input the database could never hold is refused up front, not at every firing.
+    let huge = "x".repeat(db.config().max_value_bytes + 1);
+    let e = client
+        .create_schedule(
+            "bad",
+            CreateScheduleOptions::builder()
+                .action(ScheduleAction::start_workflow(Greet, huge, TQ, "huge"))
+                .spec(ScheduleSpec::default())
+                .build(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("over the limit"), "{e}");
     assert!(db.schedule("bad").await.expect("read").is_none());
 
     let h = client

@@ -232,6 +232,7 @@ pub(crate) fn evaluate(
     runs: &[WorkflowStatus],
     op: &Op,
     now: i64,
+    max_value_bytes: usize,
 ) -> (Option<ScheduleChange>, Result<Decision, String>) {
     let mut state = State::decode(&row.state);
     let mut schedule = match op {
@@ -284,6 +285,7 @@ pub(crate) fn evaluate(
             .collect(),
         start: Vec::new(),
         error: None,
+        max_value_bytes,
     };
 
     // Runs that finished since the last evaluation: pause on failure.
@@ -369,7 +371,9 @@ pub(crate) fn evaluate(
     }
 
     if let Some(e) = ctx.error.take() {
-        return (None, Err(e));
+        // The action can never be started as defined: record why and stop firing, rather
+        // than failing this evaluation again and again.
+        return invalid(row, State::decode(&row.state), e);
     }
     let started: Vec<String> = ctx.start.iter().map(|r| r.workflow_id.clone()).collect();
     let wake_on_finish = !state.buffer.is_empty()
@@ -416,6 +420,7 @@ struct Ctx<'a> {
     open: Vec<String>,
     start: Vec<EnqueueRequest>,
     error: Option<String>,
+    max_value_bytes: usize,
 }
 
 fn process_buffer(ctx: &mut Ctx<'_>, state: &mut State) {
@@ -472,7 +477,9 @@ fn start(ctx: &mut Ctx<'_>, state: &mut State, nominal: i64, manual: bool) {
     } else {
         0
     };
-    match start_request(ctx.schedule_id, &ctx.info, &workflow_id, nominal, jitter) {
+    match start_request(ctx.schedule_id, &ctx.info, &workflow_id, nominal, jitter)
+        .and_then(|r| check_request(&r, ctx.max_value_bytes).map(|()| r))
+    {
         Ok(request) => {
             ctx.open.push(workflow_id.clone());
             state.action_count += 1;
@@ -490,6 +497,48 @@ fn start(ctx: &mut Ctx<'_>, state: &mut State, nominal: i64, manual: bool) {
         }
         Err(e) => ctx.error = Some(e),
     }
+}
+
+/// What the enqueue would refuse, refused before it (so a schedule never fails its
+/// evaluation again and again).
+fn check_request(request: &EnqueueRequest, max_value_bytes: usize) -> Result<(), String> {
+    if request.workflow_id.len() > 1024 {
+        return Err(format!(
+            "the scheduled workflow id `{}…` is longer than 1024 bytes",
+            request.workflow_id.chars().take(40).collect::<String>()
+        ));
+    }
+    check_input_size(request.inputs.len(), max_value_bytes)
+}
+
+fn check_input_size(size: usize, max_value_bytes: usize) -> Result<(), String> {
+    if size > max_value_bytes {
+        return Err(format!(
+            "the schedule's workflow input is {size} bytes, over the limit of {max_value_bytes} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a definition against the database's value limits.
+pub(crate) fn check_limits(
+    schedule: &proto::Schedule,
+    max_value_bytes: usize,
+) -> Result<(), String> {
+    if let Some(input) = start_info(schedule).and_then(|i| i.input.as_ref()) {
+        check_input_size(
+            protocol::encode_payloads(&input.payloads).len(),
+            max_value_bytes,
+        )?;
+    }
+    let definition = encode_definition(schedule).to_string();
+    if definition.len() > max_value_bytes {
+        return Err(format!(
+            "the schedule definition is {} bytes, over the limit of {max_value_bytes} bytes",
+            definition.len()
+        ));
+    }
+    Ok(())
 }
 
 fn json_payload(v: serde_json::Value) -> Payload {
@@ -569,7 +618,13 @@ pub(crate) async fn run_op(
 ) -> Result<Option<Result<Decision, String>>, dbos_core::Error> {
     let done = db
         .evaluate_schedule(target, |row, runs| {
-            evaluate(row, runs, op, dbos_core::now_ms())
+            evaluate(
+                row,
+                runs,
+                op,
+                dbos_core::now_ms(),
+                db.config().max_value_bytes,
+            )
         })
         .await?;
     Ok(done.map(|d| {

@@ -1219,6 +1219,8 @@ impl ScheduleHandle<Client> {
             update.schedule.action = Some(action.into_proto(self.client.data_converter()).await?);
         }
         engine::validate(&update.schedule).map_err(invalid)?;
+        let limit = self.db().await?.config().max_value_bytes;
+        engine::check_limits(&update.schedule, limit).map_err(invalid)?;
         self.op(Op::Replace(Box::new(update.schedule))).await?;
         info!(schedule_id = %self.schedule_id, "schedule updated");
         Ok(())
@@ -1336,6 +1338,7 @@ impl Client {
         let spec = engine::validate(&schedule).map_err(invalid)?;
         let now = dbos_core::now_ms();
         let db = self.system_database().await?;
+        engine::check_limits(&schedule, db.config().max_value_bytes).map_err(invalid)?;
         db.create_schedule(&NewSchedule {
             schedule_id: schedule_id.clone(),
             definition: engine::encode_definition(&schedule),
