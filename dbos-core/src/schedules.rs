@@ -79,6 +79,9 @@ pub struct ScheduleChange {
     pub next_fire_at_ms: Option<i64>,
     /// Whether to be evaluated as soon as none of the open runs is open any more.
     pub wake_on_finish: bool,
+    /// Open runs to cancel first, in this transaction, each with its reason (as
+    /// [`SystemDatabase::cancel`]); they leave the schedule's open runs.
+    pub cancel: Vec<(String, String)>,
     /// Runs to enqueue, in this transaction. Their ids must be deterministic (see the module
     /// documentation). Created runs are added to the schedule's open runs.
     pub start: Vec<EnqueueRequest>,
@@ -321,10 +324,22 @@ impl SystemDatabase {
                 };
                 let Some(change) = change else {
                     tx.rollback().await?;
-                    return Ok(Some((row.schedule_id, value, Vec::new(), false)));
+                    return Ok(Some((
+                        row.schedule_id,
+                        value,
+                        Vec::new(),
+                        Vec::new(),
+                        false,
+                    )));
                 };
                 if let Some(d) = &change.definition {
                     self.check_size("schedule definition", &d.to_string())?;
+                }
+                let mut cancelled = Vec::new();
+                for (run, reason) in &change.cancel {
+                    if let Some(queue) = self.cancel_in(&mut tx, run, Some(reason)).await? {
+                        cancelled.push((run.clone(), queue));
+                    }
                 }
                 let mut started = Vec::with_capacity(change.start.len());
                 for request in &change.start {
@@ -332,7 +347,10 @@ impl SystemDatabase {
                 }
                 let mut running: Vec<String> = runs
                     .iter()
-                    .filter(|r| !r.state.is_terminal())
+                    .filter(|r| {
+                        !r.state.is_terminal()
+                            && !change.cancel.iter().any(|(c, _)| c == &r.workflow_id)
+                    })
                     .map(|r| r.workflow_id.clone())
                     .collect();
                 for e in &started {
@@ -353,12 +371,15 @@ impl SystemDatabase {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                Ok(Some((row.schedule_id, value, started, true)))
+                Ok(Some((row.schedule_id, value, started, cancelled, true)))
             })
             .await?;
-        let Some((schedule_id, value, started, changed)) = result else {
+        let Some((schedule_id, value, started, cancelled, changed)) = result else {
             return Ok(None);
         };
+        for (run, queue) in &cancelled {
+            self.notify_finished(run, queue.as_deref());
+        }
         for e in &started {
             self.notify_enqueued(e);
         }

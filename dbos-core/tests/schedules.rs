@@ -34,6 +34,7 @@ fn fire_once(
             state: json!({ "fired": fired }),
             next_fire_at_ms: Some(nominal + 1000),
             wake_on_finish: false,
+            cancel: Vec::new(),
             start: vec![EnqueueRequest::new(run, "wf", "q", "[]")],
         }),
         (),
@@ -291,4 +292,38 @@ async fn open_runs_are_tracked_and_finishing_wakes_the_schedule() {
     let row = db.schedule("s").await.expect("read").expect("exists");
     assert!(row.running.is_empty());
     assert!(!row.wake_on_finish);
+
+    // Cancelling an open run and starting the next one happen in the same transaction.
+    let first = db
+        .evaluate_schedule(ScheduleTarget::Id("s"), |row, _| {
+            let mut row = row.clone();
+            row.next_fire_at_ms = Some(1);
+            fire_once(&row, &[])
+        })
+        .await
+        .expect("evaluate")
+        .expect("targeted");
+    let open = first.started[0].status().workflow_id.clone();
+    let second = db
+        .evaluate_schedule(ScheduleTarget::Id("s"), |row, runs| {
+            assert_eq!(runs.len(), 1);
+            let mut next = row.clone();
+            next.next_fire_at_ms = Some(2);
+            let (change, ()) = fire_once(&next, runs);
+            let mut change = change.expect("change");
+            change.cancel = vec![(runs[0].workflow_id.clone(), "replaced".into())];
+            (Some(change), ())
+        })
+        .await
+        .expect("evaluate")
+        .expect("targeted");
+    let cancelled = db.status(&open).await.expect("status").expect("run");
+    assert_eq!(cancelled.state, RunState::Cancelled);
+    assert_eq!(cancelled.error.as_deref(), Some("replaced"));
+    let row = db.schedule("s").await.expect("read").expect("exists");
+    assert_eq!(
+        row.running,
+        vec![second.started[0].status().workflow_id.clone()],
+        "the cancelled run left the open runs"
+    );
 }

@@ -320,6 +320,30 @@ async fn overlap_policies_skip_buffer_and_allow() {
     let d = h.describe(Default::default()).await.expect("describe");
     assert_eq!(d.action_count(), 3);
     assert!(d.running_actions().is_empty());
+
+    // TerminateOther: each action terminates the open run before starting; within one
+    // backfill the earlier times are simply not started.
+    backfill_three(&client, "term", ScheduleOverlapPolicy::AllowAll).await;
+    let h = client.get_schedule_handle("term");
+    let before = h.describe(Default::default()).await.expect("describe");
+    assert_eq!(before.running_actions().len(), 3);
+    h.trigger(ScheduleOverlapPolicy::TerminateOther, Default::default())
+        .await
+        .expect("trigger");
+    let d = h.describe(Default::default()).await.expect("describe");
+    assert_eq!(d.action_count(), 4);
+    let running = d.running_actions();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].run_id, d.recent_actions()[3].run_id);
+    for a in &before.recent_actions() {
+        let s = db.status(&a.run_id).await.expect("status").expect("run");
+        let outcome = TerminalOutcome::from_status(&s).expect("decodes");
+        assert!(
+            matches!(&outcome, Some(TerminalOutcome::Terminated { reason, .. }) if reason.contains("TerminateOther")),
+            "{outcome:?}"
+        );
+    }
+    finish_one(&db, &completed()).await;
 }
 
 #[tokio::test]
@@ -444,10 +468,8 @@ async fn unsupported_settings_are_refused() {
             "{spec:?}: {e}"
         );
     }
-    for policy in [
-        ScheduleOverlapPolicy::CancelOther,
-        ScheduleOverlapPolicy::TerminateOther,
-    ] {
+    {
+        let policy = ScheduleOverlapPolicy::CancelOther;
         let e = client
             .create_schedule(
                 "bad",
@@ -483,7 +505,7 @@ async fn unsupported_settings_are_refused() {
         .await
         .expect("create");
     let e = h
-        .trigger(ScheduleOverlapPolicy::TerminateOther, Default::default())
+        .trigger(ScheduleOverlapPolicy::CancelOther, Default::default())
         .await
         .unwrap_err();
     assert_eq!(status_code(&e), tonic::Code::InvalidArgument, "{e}");

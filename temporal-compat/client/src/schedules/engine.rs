@@ -53,9 +53,9 @@ pub(crate) mod overlap {
 /// Refuses overlap policies DBOSify does not implement.
 pub(crate) fn check_overlap_policy(p: i32) -> Result<(), String> {
     match p {
-        overlap::CANCEL_OTHER | overlap::TERMINATE_OTHER => Err(
-            "schedule overlap policies CancelOther and TerminateOther are not supported by \
-             DBOSify; use Skip, BufferOne, BufferAll or AllowAll"
+        overlap::CANCEL_OTHER => Err(
+            "the schedule overlap policy CancelOther is not supported by DBOSify; use \
+             TerminateOther, Skip, BufferOne, BufferAll or AllowAll"
                 .into(),
         ),
         0..=6 => Ok(()),
@@ -284,6 +284,7 @@ pub(crate) fn evaluate(
             .map(|r| r.workflow_id.clone())
             .collect(),
         start: Vec::new(),
+        cancel: Vec::new(),
         error: None,
         max_value_bytes,
     };
@@ -385,6 +386,7 @@ pub(crate) fn evaluate(
         state: state.encode(),
         next_fire_at_ms: next,
         wake_on_finish,
+        cancel: ctx.cancel,
         start: ctx.start,
     };
     (Some(change), Ok(Decision { started }))
@@ -404,6 +406,7 @@ fn invalid(
             state: state.encode(),
             next_fire_at_ms: None,
             wake_on_finish: false,
+            cancel: Vec::new(),
             start: Vec::new(),
         }),
         Err(reason),
@@ -419,6 +422,7 @@ struct Ctx<'a> {
     /// Open runs of this schedule, including the ones this evaluation starts.
     open: Vec<String>,
     start: Vec<EnqueueRequest>,
+    cancel: Vec<(String, String)>,
     error: Option<String>,
     max_value_bytes: usize,
 }
@@ -434,6 +438,10 @@ fn take_action(ctx: &mut Ctx<'_>, state: &mut State, nominal: i64, manual: bool,
     let busy = !ctx.open.is_empty() || !state.buffer.is_empty();
     match policy {
         overlap::ALLOW_ALL => start(ctx, state, nominal, manual),
+        overlap::TERMINATE_OTHER => {
+            terminate_open(ctx, state);
+            start(ctx, state, nominal, manual);
+        }
         overlap::BUFFER_ONE if busy => {
             if state.buffer.is_empty() {
                 state.buffer.push(Buffered {
@@ -453,6 +461,28 @@ fn take_action(ctx: &mut Ctx<'_>, state: &mut State, nominal: i64, manual: bool,
         overlap::BUFFER_ONE | overlap::BUFFER_ALL => start(ctx, state, nominal, manual),
         _ if busy => state.overlap_skipped += 1,
         _ => start(ctx, state, nominal, manual),
+    }
+}
+
+/// Terminates every open run of the schedule (overlap policy TerminateOther), in the
+/// evaluation's transaction. A run this same evaluation was about to start is not started.
+fn terminate_open(ctx: &mut Ctx<'_>, state: &mut State) {
+    let outcome = TerminalOutcome::Terminated {
+        reason: format!(
+            "terminated by schedule `{}` (overlap policy TerminateOther)",
+            ctx.schedule_id
+        ),
+        details: Vec::new(),
+        identity: Some(format!("schedule:{}", ctx.schedule_id)),
+    };
+    let text = outcome.to_error_text();
+    for run in std::mem::take(&mut ctx.open) {
+        if let Some(at) = ctx.start.iter().position(|r| r.workflow_id == run) {
+            ctx.start.remove(at);
+            state.recent.retain(|a| a.run_id != run);
+        } else {
+            ctx.cancel.push((run, text.clone()));
+        }
     }
 }
 

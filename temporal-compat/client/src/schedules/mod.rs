@@ -10,7 +10,7 @@
 //!
 //! Names, paths and signatures are upstream 1.1.1's. What DBOSify cannot honour is refused with
 //! an `InvalidArgument` error (time zones other than UTC, `@every` cron strings, the
-//! CancelOther and TerminateOther overlap policies, list queries, and some start options);
+//! CancelOther overlap policy, `keep_original_workflow_id`, list queries);
 //! COMPATIBILITY.md lists them.
 
 mod engine;
@@ -788,7 +788,7 @@ pub enum ScheduleOverlapPolicy {
     BufferAll,
     /// Refused by DBOSify.
     CancelOther,
-    /// Refused by DBOSify.
+    /// Terminate the running workflows, then start the new one.
     TerminateOther,
     /// Start workflows regardless of running ones.
     AllowAll,
@@ -858,7 +858,7 @@ impl ScheduleUpdate {
         self
     }
 
-    /// Sets the overlap policy (CancelOther and TerminateOther are refused when sent).
+    /// Sets the overlap policy (CancelOther is refused when sent).
     pub fn set_overlap_policy(&mut self, policy: ScheduleOverlapPolicy) -> &mut Self {
         self.policies_mut().overlap_policy = policy.to_proto();
         self
