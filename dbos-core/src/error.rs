@@ -76,6 +76,12 @@ pub enum Error {
     /// Applying the schema failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The schedule does not exist.
+    #[error("schedule `{0}` does not exist")]
+    UnknownSchedule(String),
+    /// A schedule with this id exists already.
+    #[error("schedule `{0}` already exists")]
+    ScheduleExists(String),
     /// The system database handle was shut down.
     #[error("the system database was shut down")]
     Shutdown,

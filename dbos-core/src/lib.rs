@@ -29,6 +29,7 @@ mod messages;
 mod migrate;
 mod notifier;
 mod queues;
+mod schedules;
 mod timers;
 mod workflows;
 
@@ -44,6 +45,9 @@ pub use messages::{Message, SendIfOpen};
 pub use migrate::SCHEMA_VERSION;
 pub use notifier::{Mark, NotifierStats, Waiter, WakeKey};
 pub use queues::{QUEUE_CONFIG_TTL, QueueConfig, RateLimit, WorkWaiter};
+pub use schedules::{
+    Evaluated, NewSchedule, ScheduleChange, ScheduleRow, ScheduleTarget, ScheduleWakeup,
+};
 pub use timers::sleep_until_ms;
 pub use workflows::{
     ClaimFacts, CompleteResult, EnqueueRequest, Enqueued, Outcome, RunState, WorkflowStatus,

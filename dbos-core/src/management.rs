@@ -321,12 +321,57 @@ impl SystemDatabase {
     /// another outcome ([`SystemDatabase::complete`] refuses it). An unknown run is
     /// [`Error::UnknownRun`].
     pub async fn cancel(&self, workflow_id: &str, reason: Option<&str>) -> Result<()> {
+        let sql = self.prepare_cancel(workflow_id, reason)?;
+        let now = crate::now_ms();
+        let row = self
+            .retry("cancel", || {
+                sqlx::query(&sql)
+                    .bind(workflow_id)
+                    .bind(reason)
+                    .bind(now)
+                    .fetch_optional(self.pool())
+            })
+            .await?
+            .ok_or_else(|| Error::UnknownRun(workflow_id.to_string()))?;
+        if let Some(queue) = cancelled_queue(&row)? {
+            info!(workflow_id, "run cancelled");
+            self.notify_finished(workflow_id, queue.as_deref());
+        } else {
+            let status: Option<String> = row.try_get("status")?;
+            debug!(workflow_id, ?status, "cancel: run already finished");
+        }
+        Ok(())
+    }
+
+    /// [`SystemDatabase::cancel`] inside the caller's transaction. Returns whether this call
+    /// cancelled the run, with its queue; the caller publishes
+    /// [`SystemDatabase::notify_finished`] after its commit. An unknown run is a no-op.
+    pub(crate) async fn cancel_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        workflow_id: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<Option<String>>> {
+        let sql = self.prepare_cancel(workflow_id, reason)?;
+        let row = sqlx::query(&sql)
+            .bind(workflow_id)
+            .bind(reason)
+            .bind(crate::now_ms())
+            .fetch_optional(&mut *conn)
+            .await?;
+        match row {
+            Some(row) => cancelled_queue(&row),
+            None => Ok(None),
+        }
+    }
+
+    /// Validates a cancel and builds its statement (binds: run id, reason, now).
+    fn prepare_cancel(&self, workflow_id: &str, reason: Option<&str>) -> Result<String> {
         validate_text("workflow id", workflow_id)?;
         if let Some(r) = reason {
             self.check_size("cancellation reason", r)?;
         }
-        let now = crate::now_ms();
-        let sql = self.sql(
+        Ok(self.sql(
             "WITH existing AS (
                 SELECT status FROM {s}.workflow_status WHERE workflow_uuid = $1),
              upd AS (
@@ -338,26 +383,7 @@ impl SystemDatabase {
              SELECT e.status, EXISTS (SELECT 1 FROM upd) AS cancelled,
                     (SELECT queue_name FROM upd) AS queue_name
                FROM existing e",
-        );
-        let row = self
-            .retry("cancel", || {
-                sqlx::query(&sql)
-                    .bind(workflow_id)
-                    .bind(reason)
-                    .bind(now)
-                    .fetch_optional(self.pool())
-            })
-            .await?
-            .ok_or_else(|| Error::UnknownRun(workflow_id.to_string()))?;
-        if row.try_get::<bool, _>("cancelled")? {
-            let queue: Option<String> = row.try_get("queue_name")?;
-            info!(workflow_id, "run cancelled");
-            self.notify_finished(workflow_id, queue.as_deref());
-        } else {
-            let status: Option<String> = row.try_get("status")?;
-            debug!(workflow_id, ?status, "cancel: run already finished");
-        }
-        Ok(())
+        ))
     }
 
     /// Puts a cancelled, failed or stuck run back in its queue (ENQUEUED), keeping its
@@ -622,5 +648,14 @@ impl SystemDatabase {
             info!(deleted = total, "deleted old runs");
         }
         Ok(total)
+    }
+}
+
+/// From a cancel statement's row: `Some(queue)` when the statement cancelled the run.
+fn cancelled_queue(row: &sqlx::postgres::PgRow) -> Result<Option<Option<String>>> {
+    if row.try_get::<bool, _>("cancelled")? {
+        Ok(Some(row.try_get("queue_name")?))
+    } else {
+        Ok(None)
     }
 }

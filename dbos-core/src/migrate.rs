@@ -10,10 +10,13 @@ use tracing::info;
 use crate::error::{Error, Result};
 
 /// The ordered list of migrations: (version, SQL template with `{schema}` placeholders).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_system_schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_system_schema.sql")),
+    (2, include_str!("../../migrations/0002_schedules.sql")),
+];
 
 /// The schema version this build expects.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub(crate) async fn apply(pool: &PgPool, schema: &str, qschema: &str) -> Result<()> {
     // Fast path: already at (or beyond) our version.

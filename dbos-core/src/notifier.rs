@@ -72,6 +72,8 @@ pub enum WakeKey {
     Completion(String),
     /// A run's status changed (cancel, resume, claim); used by runs watching their own status.
     Status(String),
+    /// A schedule was created, changed or deleted: schedulers recompute their next wake-up.
+    Schedules,
 }
 
 const SEP: char = '\u{1f}';
@@ -84,6 +86,7 @@ impl WakeKey {
             WakeKey::Event(w, k) => format!("e{SEP}{w}{SEP}{k}"),
             WakeKey::Completion(w) => format!("c{SEP}{w}"),
             WakeKey::Status(w) => format!("s{SEP}{w}"),
+            WakeKey::Schedules => format!("S{SEP}"),
         }
     }
 
@@ -97,6 +100,7 @@ impl WakeKey {
             "e" => WakeKey::Event(a, parts.next()?.to_string()),
             "c" => WakeKey::Completion(a),
             "s" => WakeKey::Status(a),
+            "S" => WakeKey::Schedules,
             _ => return None,
         })
     }

@@ -329,6 +329,92 @@ impl SystemDatabase {
         request: EnqueueRequest,
         first_message: Option<FirstMessage<'_>>,
     ) -> Result<Enqueued> {
+        let prepared = self.prepare_enqueue(&request, first_message.is_some())?;
+        // The statement publishes the wake-ups of a run it creates when the inline slot is free
+        // (see `notifier`); otherwise they are published after the commit.
+        let mut keys = Vec::new();
+        if first_message.is_some() {
+            keys.push(WakeKey::Message(request.workflow_id.clone()));
+        }
+        if prepared.state == RunState::Enqueued {
+            keys.push(WakeKey::Queue(request.queue_name.clone()));
+        }
+        let hints = self.hints(keys);
+        // When a concurrent enqueue of the same id has not committed yet, the insert waits for
+        // it and then does nothing, but the fallback read still uses the statement's snapshot,
+        // taken before that commit, and finds no row. A new statement sees the committed row
+        // (or, if that enqueue rolled back, inserts).
+        let mut row = None;
+        for _ in 0..ENQUEUE_SNAPSHOT_RETRIES {
+            row = self
+                .retry("enqueue", || {
+                    prepared.execute(
+                        self.pool(),
+                        &request,
+                        first_message.as_ref(),
+                        (hints.channel(), hints.payloads()),
+                    )
+                })
+                .await?;
+            if row.is_some() {
+                break;
+            }
+        }
+        let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
+        let enqueued = prepared.result(&row)?;
+        if let Enqueued::Created(_) = &enqueued {
+            // A retry whose first attempt committed carried no inline hint in this statement
+            // (nothing was inserted): publish after the fact then.
+            let inline_ran = row.try_get::<i64, _>("hinted").unwrap_or(0) > 0;
+            if inline_ran || hints.payloads().is_empty() {
+                hints.published();
+            } else {
+                drop(hints);
+                if first_message.is_some() {
+                    self.notify(WakeKey::Message(request.workflow_id.clone()));
+                }
+                self.notify_enqueued(&enqueued);
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// Enqueues a run inside the caller's transaction (same statement and idempotency as
+    /// [`SystemDatabase::enqueue`]). The caller publishes [`SystemDatabase::notify_enqueued`]
+    /// after its commit. A retry of the enclosing transaction must call this again.
+    pub(crate) async fn enqueue_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        request: &EnqueueRequest,
+    ) -> Result<Enqueued> {
+        let prepared = self.prepare_enqueue(request, false)?;
+        for _ in 0..ENQUEUE_SNAPSHOT_RETRIES {
+            if let Some(row) = prepared
+                .execute(&mut *conn, request, None, ("", &[]))
+                .await?
+            {
+                return prepared.result(&row);
+            }
+        }
+        Err(Error::UnknownRun(request.workflow_id.clone()))
+    }
+
+    /// Wakes the workers of a run that was just created (after its commit).
+    pub(crate) fn notify_enqueued(&self, enqueued: &Enqueued) {
+        if let Enqueued::Created(status) = enqueued
+            && status.state == RunState::Enqueued
+            && let Some(queue) = &status.queue_name
+        {
+            self.notify(WakeKey::Queue(queue.clone()));
+        }
+    }
+
+    /// Validates a request and builds its statement.
+    fn prepare_enqueue(
+        &self,
+        request: &EnqueueRequest,
+        with_message: bool,
+    ) -> Result<PreparedEnqueue> {
         validate_text("workflow id", &request.workflow_id)?;
         validate_text("workflow name", &request.name)?;
         validate_text("queue name", &request.queue_name)?;
@@ -356,7 +442,7 @@ impl SystemDatabase {
         // (DBOS's `owner_xid`), fresh per call and the same across its retries, tells a retry
         // whose first attempt committed (acknowledgement lost) that the row is its own.
         let owner = uuid::Uuid::new_v4().to_string();
-        let message_cte = if first_message.is_some() {
+        let message_cte = if with_message {
             ",
              msg AS (
                 INSERT INTO {s}.notifications (destination_uuid, topic, message,
@@ -382,84 +468,13 @@ impl SystemDatabase {
                FROM {{s}}.workflow_status
               WHERE workflow_uuid = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
         ));
-        // The statement publishes the wake-ups of a run it creates when the inline slot is free
-        // (see `notifier`); otherwise they are published after the commit.
-        let mut keys = Vec::new();
-        if first_message.is_some() {
-            keys.push(WakeKey::Message(request.workflow_id.clone()));
-        }
-        if state == RunState::Enqueued {
-            keys.push(WakeKey::Queue(request.queue_name.clone()));
-        }
-        let hints = self.hints(keys);
-        // When a concurrent enqueue of the same id has not committed yet, the insert waits for
-        // it and then does nothing, but the fallback read still uses the statement's snapshot,
-        // taken before that commit, and finds no row. A new statement sees the committed row
-        // (or, if that enqueue rolled back, inserts).
-        let mut row = None;
-        for _ in 0..ENQUEUE_SNAPSHOT_RETRIES {
-            row = self
-                .retry("enqueue", || async {
-                    let mut query = sqlx::query(&sql)
-                        .bind(&request.workflow_id)
-                        .bind(state.as_str())
-                        .bind(&request.name)
-                        .bind(&request.queue_name)
-                        .bind(&request.inputs)
-                        .bind(&request.serialization)
-                        .bind(now)
-                        .bind(request.priority)
-                        .bind(&request.deduplication_id)
-                        .bind(request.timeout.map(|t| t.as_millis() as i64))
-                        .bind(&request.attributes)
-                        .bind(&request.parent_workflow_id)
-                        .bind(&request.application_version)
-                        .bind(delay_until)
-                        .bind(&owner);
-                    query = query.bind(hints.channel()).bind(hints.payloads());
-                    if let Some(m) = &first_message {
-                        query = query.bind(m.topic).bind(m.body).bind(m.message_id);
-                    }
-                    query.fetch_optional(self.pool()).await.map_err(|e| {
-                        match crate::error::sqlstate(&e).as_deref() {
-                            Some("23505") => Error::Duplicated {
-                                queue: request.queue_name.clone(),
-                                deduplication_id: request
-                                    .deduplication_id
-                                    .clone()
-                                    .unwrap_or_default(),
-                            },
-                            _ => Error::Database(e),
-                        }
-                    })
-                })
-                .await?;
-            if row.is_some() {
-                break;
-            }
-        }
-        let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
-        let created: bool = row.try_get("created")?;
-        let status = status_from_row(&row)?;
-        if created {
-            // A retry whose first attempt committed carried no inline hint in this statement
-            // (nothing was inserted): publish after the fact then.
-            let inline_ran = row.try_get::<i64, _>("hinted").unwrap_or(0) > 0;
-            if inline_ran || hints.payloads().is_empty() {
-                hints.published();
-            } else {
-                drop(hints);
-                if first_message.is_some() {
-                    self.notify(WakeKey::Message(request.workflow_id.clone()));
-                }
-                if state == RunState::Enqueued {
-                    self.notify(WakeKey::Queue(request.queue_name.clone()));
-                }
-            }
-            Ok(Enqueued::Created(status))
-        } else {
-            Ok(Enqueued::Existing(status))
-        }
+        Ok(PreparedEnqueue {
+            sql,
+            state,
+            now,
+            delay_until,
+            owner,
+        })
     }
 
     /// The run's row, or `None`.
@@ -665,6 +680,71 @@ impl SystemDatabase {
             return Err(Error::UnknownRun(workflow_id.to_string()));
         }
         Ok(())
+    }
+}
+
+/// A validated enqueue statement with the values fixed for all its attempts.
+struct PreparedEnqueue {
+    sql: String,
+    state: RunState,
+    now: i64,
+    delay_until: Option<i64>,
+    owner: String,
+}
+
+impl PreparedEnqueue {
+    /// Runs the statement once; `None` when a concurrent, then-uncommitted enqueue of the id
+    /// hid the row from this statement's snapshot (run it again).
+    /// `hints` (channel, payloads) are published by the statement when the run is created
+    /// (an empty payload list publishes nothing).
+    async fn execute<'e, E: sqlx::PgExecutor<'e>>(
+        &self,
+        executor: E,
+        request: &EnqueueRequest,
+        first_message: Option<&FirstMessage<'_>>,
+        hints: (&str, &[String]),
+    ) -> Result<Option<PgRow>> {
+        let mut query = sqlx::query(&self.sql)
+            .bind(&request.workflow_id)
+            .bind(self.state.as_str())
+            .bind(&request.name)
+            .bind(&request.queue_name)
+            .bind(&request.inputs)
+            .bind(&request.serialization)
+            .bind(self.now)
+            .bind(request.priority)
+            .bind(&request.deduplication_id)
+            .bind(request.timeout.map(|t| t.as_millis() as i64))
+            .bind(&request.attributes)
+            .bind(&request.parent_workflow_id)
+            .bind(&request.application_version)
+            .bind(self.delay_until)
+            .bind(&self.owner)
+            .bind(hints.0)
+            .bind(hints.1);
+        if let Some(m) = first_message {
+            query = query.bind(m.topic).bind(m.body).bind(m.message_id);
+        }
+        query.fetch_optional(executor).await.map_err(|e| {
+            match crate::error::sqlstate(&e).as_deref() {
+                Some("23505") => Error::Duplicated {
+                    queue: request.queue_name.clone(),
+                    deduplication_id: request.deduplication_id.clone().unwrap_or_default(),
+                },
+                _ => Error::Database(e),
+            }
+        })
+    }
+
+    /// What the statement's row says.
+    fn result(&self, row: &PgRow) -> Result<Enqueued> {
+        let created: bool = row.try_get("created")?;
+        let status = status_from_row(row)?;
+        Ok(if created {
+            Enqueued::Created(status)
+        } else {
+            Enqueued::Existing(status)
+        })
     }
 }
 

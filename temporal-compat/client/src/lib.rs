@@ -16,8 +16,8 @@
 //!
 //! The public names, paths and signatures mirror upstream's for what programs use:
 //! [`ClientOptions::load_from_config`], [`Connection::connect`], [`Client::new`],
-//! [`Client::start_workflow`], [`WorkflowHandle`] and its operations, the option structs and
-//! the error types. How Temporal concepts are stored in Postgres is described in
+//! [`Client::start_workflow`], [`WorkflowHandle`] and its operations, [`schedules`], the option
+//! structs and the error types. How Temporal concepts are stored in Postgres is described in
 //! [`protocol`].
 
 #![warn(missing_docs)]
@@ -32,6 +32,7 @@ mod options;
 pub mod policies;
 #[doc(hidden)]
 pub mod protocol;
+pub mod schedules;
 mod visibility;
 mod with_start;
 mod workflow_handle;

@@ -63,6 +63,12 @@
 //! queue; a worker of that queue claims the request, replays the run, answers on
 //! [`query_answer_key`].
 //!
+//! **Schedules.** One row of `dbosify_schedules` per schedule: `definition` holds the
+//! protobuf-encoded `temporal.api.schedule.v1.Schedule` (base64), `state` the counters and
+//! recent actions; a scheduled start is an ordinary first run named
+//! `<action workflow id>-<nominal time, RFC 3339 seconds>`. The layout and the one evaluation
+//! that fires, triggers and updates them are in `schedules` (module `engine`).
+//!
 //! **Attributes.** `workflow_status.attributes` holds [`RunAttributes`] JSON: workflow id/type, task
 //! queue, chain info, search attributes (`sa`: payload form, lossless; `sav`: plain JSON values for
 //! querying), `memo`, `header`, retry policy, timeouts, priority, summaries, and for children the

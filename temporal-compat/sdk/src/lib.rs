@@ -35,6 +35,7 @@ mod history;
 mod host;
 mod options;
 mod registry;
+mod scheduler;
 mod worker;
 
 pub use crate::error::{

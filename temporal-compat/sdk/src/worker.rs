@@ -276,6 +276,10 @@ impl Worker {
         // Queries on closed runs of this task queue (replayed here, answered, discarded).
         let closed_queries =
             has_workflows.then(|| tokio::spawn(crate::engine::queries::serve(engine.clone())));
+        // Due schedules of the namespace are fired by every worker.
+        let scheduler_stop = CancellationToken::new();
+        let scheduler = main.spawn(crate::scheduler::run(db.clone(), scheduler_stop.clone()));
+        let _scheduler_guard = scheduler_stop.clone().drop_guard();
         info!(task_queue = %task_queue, identity = %self.identity, "worker started");
 
         if !queues.is_empty() {
@@ -387,6 +391,8 @@ impl Worker {
             }
         }
         engine.halt.cancel();
+        scheduler_stop.cancel();
+        let _ = scheduler.await;
         if let Some(t) = closed_queries {
             let _ = t.await;
         }

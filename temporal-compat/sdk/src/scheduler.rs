@@ -1,0 +1,80 @@
+//! The schedule firer every [`crate::Worker`] runs beside its claim loop: it fires the
+//! namespace's due schedules (see `temporal_compat_client::schedules`) and sleeps until the next
+//! fire time, a schedule change ([`WakeKey::Schedules`]), the completion of a run a schedule
+//! waits for (buffered starts), or the fallback interval — never a tight poll.
+//!
+//! Workers of any task queue of the namespace fire any schedule; several schedulers (in one
+//! process or many) share the work through `FOR UPDATE SKIP LOCKED`, and a nominal time is
+//! started at most once whoever fires it.
+
+use std::time::Duration;
+
+use dbos_core::{SystemDatabase, WakeKey};
+use futures::future::select_all;
+use temporal_compat_client::schedules::fire_due;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Most schedules evaluated in one round before re-reading the next wake-up.
+const ROUND: usize = 100;
+/// Most finishing runs watched at once (others are found by the fallback re-check).
+const MAX_WATCHED_RUNS: usize = 256;
+/// Pause after a failed round (database trouble).
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Fires due schedules until `stop` is cancelled.
+pub(crate) async fn run(db: SystemDatabase, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        // Register before probing: a change committed during the probe still wakes us.
+        let changed = db.register_waiter(WakeKey::Schedules);
+        let fired = match fire_due(&db, ROUND).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "firing due schedules failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(FAILURE_PAUSE) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        if fired == ROUND {
+            continue;
+        }
+        let wakeup = match db.next_schedule_wakeup().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "reading the next schedule wake-up failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(FAILURE_PAUSE) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let finishing: Vec<_> = wakeup
+            .watch_runs
+            .iter()
+            .take(MAX_WATCHED_RUNS)
+            .map(|r| db.register_waiter(WakeKey::Completion(r.clone())))
+            .collect();
+        let deadline = wakeup.due_at_ms.map(|at| {
+            let wait = u64::try_from(at.saturating_sub(dbos_core::now_ms())).unwrap_or(0);
+            Instant::now() + Duration::from_millis(wait)
+        });
+        debug!(due_at_ms = ?wakeup.due_at_ms, watched = finishing.len(), "scheduler sleeping");
+        let any_finished = async {
+            if finishing.is_empty() {
+                std::future::pending::<()>().await;
+            } else {
+                select_all(finishing.iter().map(|w| Box::pin(w.wait(deadline)))).await;
+            }
+        };
+        tokio::select! {
+            _ = changed.wait(deadline) => {}
+            _ = any_finished => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+}
