@@ -60,6 +60,15 @@ pub struct StepWrite {
     pub set_events: Vec<(String, String)>,
 }
 
+/// The terminal outcome [`SystemDatabase::record_step_and_close`] writes with its checkpoint.
+pub(crate) struct StepClose<'a> {
+    pub(crate) state: crate::RunState,
+    pub(crate) output: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) now_ms: i64,
+    pub(crate) executor_id: &'a str,
+}
+
 /// The columns every checkpoint read selects; [`checkpoint_from_row`] maps them.
 pub(crate) const CHECKPOINT_COLUMNS: &str = "function_id, function_name, output, error, \
      child_workflow_id, started_at_epoch_ms, completed_at_epoch_ms";
@@ -202,6 +211,21 @@ impl SystemDatabase {
     ///   messages and set the events); a different result is
     ///   [`crate::Error::CheckpointConflict`].
     pub async fn record_step(&self, workflow_id: &str, write: &StepWrite) -> Result<()> {
+        self.record_step_and_close(workflow_id, write, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::record_step`], and with `close` the run's terminal outcome in the same
+    /// statement (one commit): the outcome is written only if the checkpoint is, and only
+    /// while the run is PENDING and held by `close`'s executor; otherwise nothing is written
+    /// and the result is [`crate::Error::NotPending`]. Returns the closed run's queue.
+    pub(crate) async fn record_step_and_close(
+        &self,
+        workflow_id: &str,
+        write: &StepWrite,
+        close: Option<&StepClose<'_>>,
+    ) -> Result<Option<String>> {
         let cp = &write.checkpoint;
         self.check_checkpoint(cp)?;
         let mut consume: Vec<&str> = Vec::with_capacity(write.consume_messages.len());
@@ -224,41 +248,69 @@ impl SystemDatabase {
                 }
             }
         }
-        let sql = self.sql(
+        // With `close`, `st` records the outcome ($12..$16) and publishes its wake-ups
+        // ($17, $18) when the checkpoint was inserted.
+        let (close_cte, close_check, close_cols) = if close.is_some() {
+            (
+                ",
+             st AS (
+                UPDATE {s}.workflow_status
+                   SET status = $12, output = $13, error = $14, updated_at = $15,
+                       completed_at = $15, deduplication_id = NULL
+                 WHERE workflow_uuid = $1 AND status = 'PENDING' AND executor_id = $16
+                   AND EXISTS (SELECT 1 FROM ins)
+                RETURNING queue_name)",
+                "
+                WHEN NOT EXISTS (SELECT 1 FROM st)
+                    THEN {s}.dbosify_abort('DBX03', 'run not pending')",
+                ",
+                (SELECT queue_name FROM st) AS queue_name,
+                (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS hinted",
+            )
+        } else {
+            ("", "", "")
+        };
+        let sql = self.sql(&format!(
             "WITH ins AS (
-                INSERT INTO {s}.operation_outputs (workflow_uuid, function_id, function_name,
+                INSERT INTO {{s}}.operation_outputs (workflow_uuid, function_id, function_name,
                     output, error, child_workflow_id, started_at_epoch_ms, completed_at_epoch_ms)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 ON CONFLICT (workflow_uuid, function_id) DO NOTHING
                 RETURNING 1),
              upd AS (
-                UPDATE {s}.notifications SET consumed = true
+                UPDATE {{s}}.notifications SET consumed = true
                  WHERE message_uuid = ANY($9::text[]) AND destination_uuid = $1 AND NOT consumed
                 RETURNING message_uuid),
              ev AS (
-                INSERT INTO {s}.workflow_events (workflow_uuid, key, value)
+                INSERT INTO {{s}}.workflow_events (workflow_uuid, key, value)
                 SELECT $1, k, v FROM unnest($10::text[], $11::text[]) AS e(k, v)
                 ON CONFLICT (workflow_uuid, key)
                 DO UPDATE SET value = EXCLUDED.value, serialization = EXCLUDED.serialization
                 RETURNING 1),
              evh AS (
-                INSERT INTO {s}.workflow_events_history (workflow_uuid, function_id, key, value)
+                INSERT INTO {{s}}.workflow_events_history (workflow_uuid, function_id, key, value)
                 SELECT $1, $2, k, v FROM unnest($10::text[], $11::text[]) AS e(k, v)
                 ON CONFLICT (workflow_uuid, function_id, key)
                 DO UPDATE SET value = EXCLUDED.value, serialization = EXCLUDED.serialization
-                RETURNING 1)
+                RETURNING 1){close_cte}
              SELECT CASE
                 WHEN NOT EXISTS (SELECT 1 FROM ins)
-                    THEN {s}.dbosify_abort('DBX01', 'checkpoint position taken')
+                    THEN {{s}}.dbosify_abort('DBX01', 'checkpoint position taken')
                 WHEN (SELECT count(*) FROM upd) <> cardinality($9::text[])
-                    THEN {s}.dbosify_abort('DBX02',
+                    THEN {{s}}.dbosify_abort('DBX02',
                         (SELECT min(id) FROM unnest($9::text[]) AS id
-                          WHERE id NOT IN (SELECT message_uuid FROM upd)))
-                ELSE true END AS recorded",
-        );
+                          WHERE id NOT IN (SELECT message_uuid FROM upd))){close_check}
+                ELSE true END AS recorded{close_cols}"
+        ));
+        let hints = close.map(|_| {
+            self.hints(vec![
+                WakeKey::Completion(workflow_id.to_owned()),
+                WakeKey::Status(workflow_id.to_owned()),
+            ])
+        });
         let outcome = self
             .retry("record step", || async {
-                sqlx::query(&sql)
+                let mut q = sqlx::query(&sql)
                     .bind(workflow_id)
                     .bind(cp.function_id)
                     .bind(&cp.function_name)
@@ -269,14 +321,28 @@ impl SystemDatabase {
                     .bind(cp.completed_at_ms)
                     .bind(&consume)
                     .bind(&keys)
-                    .bind(&values)
-                    .execute(self.pool())
-                    .await
-                    .map_err(Error::Database)
+                    .bind(&values);
+                if let (Some(c), Some(h)) = (close, &hints) {
+                    q = q
+                        .bind(c.state.as_str())
+                        .bind(c.output)
+                        .bind(c.error)
+                        .bind(c.now_ms)
+                        .bind(c.executor_id)
+                        .bind(h.channel())
+                        .bind(h.payloads());
+                }
+                q.fetch_one(self.pool()).await.map_err(Error::Database)
             })
             .await;
-        match outcome {
-            Ok(_) => {}
+        let queue = match outcome {
+            Ok(row) => {
+                if close.is_some() {
+                    row.try_get::<Option<String>, _>("queue_name")?
+                } else {
+                    None
+                }
+            }
             Err(Error::Database(e)) => {
                 match error::sqlstate(&e).as_deref() {
                     Some(error::CHECKPOINT_EXISTS) => {
@@ -290,6 +356,12 @@ impl SystemDatabase {
                                 });
                             }
                         }
+                        // Our own earlier attempt: with `close`, it recorded the outcome too
+                        // (same statement); the caller confirms it.
+                        if close.is_some() {
+                            return Err(Error::NotPending(workflow_id.to_owned()));
+                        }
+                        None
                     }
                     Some(error::MESSAGE_CONSUMED) => {
                         // A message of another run is "not consumable" too; a missing run is
@@ -300,6 +372,9 @@ impl SystemDatabase {
                         let id = error::detail(&e).unwrap_or_default();
                         return Err(Error::AlreadyConsumed(id));
                     }
+                    Some(error::RUN_NOT_PENDING) => {
+                        return Err(Error::NotPending(workflow_id.to_owned()));
+                    }
                     Some(error::FOREIGN_KEY_VIOLATION) => {
                         return Err(Error::UnknownRun(workflow_id.to_owned()));
                     }
@@ -307,11 +382,14 @@ impl SystemDatabase {
                 }
             }
             Err(other) => return Err(other),
+        };
+        if let Some(h) = hints {
+            h.published();
         }
         for k in keys {
             self.notify(WakeKey::Event(workflow_id.to_owned(), k.to_owned()));
         }
-        Ok(())
+        Ok(queue)
     }
 
     /// The run's checkpoints in order (empty for an unknown run).

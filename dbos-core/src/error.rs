@@ -59,6 +59,10 @@ pub enum Error {
     /// A message to be consumed was already consumed by someone else.
     #[error("message `{0}` was already consumed")]
     AlreadyConsumed(String),
+    /// The run is not PENDING under the writing executor (decided or taken elsewhere), so a
+    /// write that closes it was not made.
+    #[error("run `{0}` is not pending under this executor")]
+    NotPending(String),
     /// The deduplication id is in use by another active run of the queue.
     #[error("deduplication id `{deduplication_id}` is already used on queue `{queue}`")]
     Duplicated {
@@ -185,3 +189,7 @@ pub(crate) const CHECKPOINT_EXISTS: &str = "DBX01";
 /// SQLSTATE raised by `dbosify_abort` when a message to be consumed was consumed already (its
 /// id is in the DETAIL field); the whole statement is rolled back.
 pub(crate) const MESSAGE_CONSUMED: &str = "DBX02";
+
+/// SQLSTATE raised by `dbosify_abort` when a write that closes a run finds it not PENDING under
+/// the writing executor; the whole statement is rolled back.
+pub(crate) const RUN_NOT_PENDING: &str = "DBX03";

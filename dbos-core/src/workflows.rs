@@ -8,6 +8,7 @@ use sqlx::postgres::PgRow;
 use tracing::debug;
 
 use crate::SystemDatabase;
+use crate::checkpoints::{StepClose, StepWrite};
 use crate::db::validate_text;
 use crate::error::{Error, Result};
 use crate::notifier::WakeKey;
@@ -584,6 +585,58 @@ impl SystemDatabase {
                 "run already decided; local outcome dropped"
             );
             Ok(CompleteResult::AlreadyDecided(current))
+        }
+    }
+
+    /// Records a run's last checkpoint and its terminal outcome in one statement (one commit):
+    /// [`Self::record_step`] and [`Self::complete`] (held by `executor_id`) together, for a
+    /// workflow whose final step decided its outcome. Nothing is written unless both are: a run
+    /// decided or taken elsewhere gives [`CompleteResult::AlreadyDecided`], a checkpoint
+    /// position taken by another writer [`Error::CheckpointConflict`], a consumed message
+    /// [`Error::AlreadyConsumed`]; the retry of a call whose acknowledgement was lost is
+    /// [`CompleteResult::Recorded`].
+    pub async fn complete_with_step(
+        &self,
+        workflow_id: &str,
+        executor_id: &str,
+        outcome: &Outcome,
+        step: &StepWrite,
+    ) -> Result<CompleteResult> {
+        validate_text("workflow id", workflow_id)?;
+        validate_text("executor id", executor_id)?;
+        let (state, output, error) = outcome_columns(outcome);
+        if let Some(o) = output {
+            self.check_size("workflow output", o)?;
+        }
+        if let Some(e) = error {
+            self.check_size("workflow error", e)?;
+        }
+        let close = StepClose {
+            state,
+            output,
+            error,
+            now_ms: crate::now_ms(),
+            executor_id,
+        };
+        match self
+            .record_step_and_close(workflow_id, step, Some(&close))
+            .await
+        {
+            Ok(queue) => {
+                debug!(
+                    workflow_id,
+                    state = state.as_str(),
+                    "run completed with its last step"
+                );
+                self.notify_queue_slot_freed(queue.as_deref());
+                Ok(CompleteResult::Recorded)
+            }
+            // Decided elsewhere, or our own earlier attempt committed: `complete` tells which
+            // (it writes nothing to a run that is not PENDING under this executor).
+            Err(Error::NotPending(_)) => {
+                self.complete(workflow_id, Some(executor_id), outcome).await
+            }
+            Err(e) => Err(e),
         }
     }
 

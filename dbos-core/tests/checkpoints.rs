@@ -388,3 +388,100 @@ async fn record_step_publishes_events_with_history_and_wakes_waiters() {
         ]
     );
 }
+
+/// `complete_with_step`: the last checkpoint and the outcome in one commit, both or neither.
+#[tokio::test]
+async fn complete_with_step_writes_the_checkpoint_and_the_outcome_together() {
+    use dbos_core::{CompleteResult, Outcome, RunState};
+    let db = common::fresh().await;
+    let waiter_db = common::other_handle(&db).await;
+    for id in ["a", "b", "c"] {
+        common::new_run(&db, id).await;
+    }
+    let claimed = db
+        .claim("exec-1", &["test-queue".to_string()], 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let msg = db.send("a", "inbox", "\"hi\"", None).await.expect("send");
+
+    // Another process awaits "a": the completion wakes it through its notification.
+    let awaited = tokio::spawn(async move {
+        waiter_db
+            .await_outcome("a", Some(Duration::from_secs(20)))
+            .await
+    });
+    let write = StepWrite {
+        checkpoint: step(0, "activation", "\"last\""),
+        consume_messages: vec![msg.clone()],
+        set_events: vec![("k".into(), "\"v\"".into())],
+    };
+    let done = db
+        .complete_with_step("a", "exec-1", &Outcome::Success("\"ok\"".into()), &write)
+        .await
+        .expect("complete");
+    assert!(matches!(done, CompleteResult::Recorded));
+    let status = db.status("a").await.expect("status").expect("row");
+    assert_eq!(status.state, RunState::Success);
+    assert_eq!(status.output.as_deref(), Some("\"ok\""));
+    assert_eq!(db.checkpoints("a").await.expect("read").len(), 1);
+    assert!(
+        db.peek_messages("a", None, 10)
+            .await
+            .expect("peek")
+            .is_empty()
+    );
+    assert_eq!(
+        db.get_event("a", "k", None)
+            .await
+            .expect("event")
+            .as_deref(),
+        Some("\"v\"")
+    );
+    let woke = awaited
+        .await
+        .expect("join")
+        .expect("await")
+        .expect("in time");
+    assert_eq!(woke.state, RunState::Success);
+
+    // The same call again (a retry after a lost acknowledgement) is recorded, writes nothing.
+    let again = db
+        .complete_with_step("a", "exec-1", &Outcome::Success("\"ok\"".into()), &write)
+        .await
+        .expect("retry");
+    assert!(matches!(again, CompleteResult::Recorded));
+
+    // A run decided elsewhere: neither the checkpoint nor the outcome is written.
+    db.cancel("b", Some("stop")).await.expect("cancel");
+    let write_b = StepWrite {
+        checkpoint: step(0, "activation", "\"last\""),
+        ..Default::default()
+    };
+    let decided = db
+        .complete_with_step("b", "exec-1", &Outcome::Success("\"ok\"".into()), &write_b)
+        .await
+        .expect("complete b");
+    assert!(matches!(decided, CompleteResult::AlreadyDecided(s) if s.state == RunState::Cancelled));
+    assert!(db.checkpoints("b").await.expect("read").is_empty());
+
+    // Held by another executor: nothing written either.
+    let other = db
+        .complete_with_step("c", "exec-2", &Outcome::Success("\"ok\"".into()), &write_b)
+        .await
+        .expect("complete c");
+    assert!(matches!(other, CompleteResult::AlreadyDecided(s) if s.state == RunState::Pending));
+    assert!(db.checkpoints("c").await.expect("read").is_empty());
+
+    // A position taken by a different result is a conflict, and the run stays open.
+    db.append_checkpoint("c", &step(0, "activation", "\"other\""))
+        .await
+        .expect("append");
+    let err = db
+        .complete_with_step("c", "exec-1", &Outcome::Success("\"ok\"".into()), &write_b)
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, Error::CheckpointConflict { .. }), "{err}");
+    let c = db.status("c").await.expect("status").expect("row");
+    assert_eq!(c.state, RunState::Pending);
+}

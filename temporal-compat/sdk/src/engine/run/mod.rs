@@ -161,6 +161,7 @@ impl Driver {
             replay_only: false,
             update_msgs: HashMap::new(),
             claim_mark: None,
+            unrecorded: None,
         }
     }
 }
@@ -212,6 +213,9 @@ struct Driver {
     /// The wake-up mark taken before the claim that returned this run (see
     /// [`dbos_core::ClaimFacts`]).
     claim_mark: Option<Mark>,
+    /// The delivered last activation of a closing run, recorded by [`Self::finish`] in the
+    /// completion's commit.
+    unrecorded: Option<StepWrite>,
 }
 
 fn job(v: Variant) -> WorkflowActivationJob {
@@ -712,7 +716,14 @@ impl Driver {
         flow
     }
 
-    /// Records the pending facts as the next activation (one commit), then delivers it.
+    /// Delivers the pending facts as the next activation, then records it (one commit) before
+    /// any of its commands takes effect. An activation whose commands close the run (and start
+    /// no next run) is recorded together with the run's outcome, in the completion's commit.
+    ///
+    /// Recording after delivery is safe because delivery has no effect outside this process:
+    /// if the record fails, the instance is dropped and the facts are delivered again after a
+    /// replay. A delivery that fails (a workflow-task failure) still records the activation,
+    /// so that its facts (an activity's result, say) are never lost.
     async fn activate_recorded(&mut self) -> Result<Flow, TaskFailure> {
         let mut jobs = std::mem::take(&mut self.pending);
         history::order_jobs(&mut jobs);
@@ -741,71 +752,130 @@ impl Driver {
                 activation.jobs[0].variant,
                 Some(Variant::InitializeWorkflow(_))
             );
-        if !only_init {
-            let write = StepWrite {
-                checkpoint: Checkpoint {
-                    function_id: i32::try_from(k).unwrap_or(i32::MAX),
-                    function_name: ACTIVATION_STEP.to_string(),
-                    output: Some(history::encode(&record)),
-                    started_at_ms: Some(ts),
-                    completed_at_ms: Some(now),
-                    ..Default::default()
-                },
-                consume_messages: std::mem::take(&mut self.consume),
-                set_events: Vec::new(),
-            };
-            let run_id = self.run_id.clone();
-            let w = write.clone();
-            match self
-                .engine
-                .call(move |db| async move { db.record_step(&run_id, &w).await })
-                .await
-            {
-                Ok(()) => {}
-                Err(CallError::Gone) => return Ok(Flow::Stop),
-                Err(CallError::Db(dbos_core::Error::CheckpointConflict { .. })) => {
-                    warn!(run_id = %self.run_id, position = k, "another executor wrote this run's history; releasing it");
-                    return Ok(Flow::Stop);
-                }
-                Err(CallError::Db(dbos_core::Error::AlreadyConsumed(id))) => {
-                    warn!(run_id = %self.run_id, message = %id, "an inbox message was consumed elsewhere; re-reading the inbox");
-                    self.pending = record
-                        .activation
-                        .jobs
-                        .into_iter()
-                        .filter(|j| {
-                            !matches!(
-                                j.variant,
-                                Some(Variant::SignalWorkflow(_))
-                                    | Some(Variant::DoUpdate(_))
-                                    | Some(Variant::CancelWorkflow(_))
-                            )
-                        })
-                        .collect();
-                    self.seen.clear();
-                    self.inbox_dirty = true;
-                    return Ok(Flow::Continue);
-                }
-                Err(e) => {
-                    warn!(run_id = %self.run_id, error = %e, "cannot record the next activation; retrying");
-                    self.pending = record.activation.jobs;
-                    self.consume = write.consume_messages;
-                    if self.pause(Duration::from_millis(500)).await {
-                        return Ok(Flow::Stop);
+        let write = (!only_init).then(|| StepWrite {
+            checkpoint: Checkpoint {
+                function_id: i32::try_from(k).unwrap_or(i32::MAX),
+                function_name: ACTIVATION_STEP.to_string(),
+                output: Some(history::encode(&record)),
+                started_at_ms: Some(ts),
+                completed_at_ms: Some(now),
+                ..Default::default()
+            },
+            consume_messages: std::mem::take(&mut self.consume),
+            set_events: Vec::new(),
+        });
+        self.apply_resolutions(&activation);
+        let cmds = match self.deliver(activation).await {
+            Ok(cmds) => cmds,
+            Err(failure) => {
+                // Keep the facts: record the activation, then fail the task (replay includes it).
+                if let Some(write) = write {
+                    match self.record(write, &record).await {
+                        Recording::Done => {
+                            self.history.push(record);
+                            self.last_timestamp_ms = ts;
+                        }
+                        Recording::Stop => return Ok(Flow::Stop),
+                        Recording::Redo(_) => {}
                     }
-                    return Ok(Flow::Continue);
+                }
+                return Err(failure);
+            }
+        };
+        if let Some(write) = write {
+            if self.closes_without_successor(&cmds) {
+                self.unrecorded = Some(write);
+            } else {
+                match self.record(write, &record).await {
+                    Recording::Done => {}
+                    Recording::Stop => return Ok(Flow::Stop),
+                    Recording::Redo(why) => return Err(TaskFailure::new(why)),
                 }
             }
         }
         self.history.push(record);
         self.last_timestamp_ms = ts;
-        self.apply_resolutions(&activation);
-        let cmds = self.deliver(activation).await?;
         self.last_commands = history::command_keys(&cmds);
         let flow = self.process_commands(cmds, ts).await;
         self.recovering = false;
         flow
     }
+
+    /// Whether `cmds` close the run in a way that starts no next run (completion, failure or
+    /// cancellation of a run without retry policy or cron schedule): its last activation can
+    /// then be recorded in the completion's commit.
+    fn closes_without_successor(&self, cmds: &[WorkflowCommand]) -> bool {
+        self.attrs.retry_policy.is_none()
+            && self.attrs.cron_schedule.is_none()
+            && cmds.iter().any(|c| {
+                matches!(
+                    c.variant,
+                    Some(
+                        Cmd::CompleteWorkflowExecution(_)
+                            | Cmd::FailWorkflowExecution(_)
+                            | Cmd::CancelWorkflowExecution(_)
+                    )
+                )
+            })
+    }
+
+    /// Records a delivered activation. When that fails for a reason other than losing the run,
+    /// the facts go back to `pending` (and its messages to `consume`) to be delivered again by
+    /// a fresh instance.
+    pub(super) async fn record(&mut self, write: StepWrite, record: &Recorded) -> Recording {
+        let run_id = self.run_id.clone();
+        let w = write.clone();
+        let k = write.checkpoint.function_id;
+        match self
+            .engine
+            .call(move |db| async move { db.record_step(&run_id, &w).await })
+            .await
+        {
+            Ok(()) => Recording::Done,
+            Err(CallError::Gone) => Recording::Stop,
+            Err(CallError::Db(dbos_core::Error::CheckpointConflict { .. })) => {
+                warn!(run_id = %self.run_id, position = k, "another executor wrote this run's history; releasing it");
+                Recording::Stop
+            }
+            Err(CallError::Db(dbos_core::Error::AlreadyConsumed(id))) => {
+                warn!(run_id = %self.run_id, message = %id, "an inbox message was consumed elsewhere; re-reading the inbox");
+                self.pending = record
+                    .activation
+                    .jobs
+                    .iter()
+                    .filter(|j| {
+                        !matches!(
+                            j.variant,
+                            Some(Variant::SignalWorkflow(_))
+                                | Some(Variant::DoUpdate(_))
+                                | Some(Variant::CancelWorkflow(_))
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                self.seen.clear();
+                self.inbox_dirty = true;
+                Recording::Redo(format!("inbox message {id} was consumed elsewhere"))
+            }
+            Err(e) => {
+                warn!(run_id = %self.run_id, error = %e, "cannot record the next activation; it will be delivered again");
+                self.pending = record.activation.jobs.clone();
+                self.consume = write.consume_messages;
+                Recording::Redo(format!("cannot record activation {k}: {e}"))
+            }
+        }
+    }
+}
+
+/// What recording a delivered activation came to.
+pub(super) enum Recording {
+    /// Recorded.
+    Done,
+    /// The run is no longer this worker's.
+    Stop,
+    /// Not recorded: the instance saw facts that are not durable; it must be rebuilt and the
+    /// facts (back in `pending`) delivered again.
+    Redo(String),
 }
 
 fn workflow_context_data() -> SerializationContextData {

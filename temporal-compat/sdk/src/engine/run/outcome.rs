@@ -24,6 +24,18 @@ impl Driver {
     /// Handles a workflow-task failure: the instance is dropped and the task retried (after a
     /// backoff) by replay. Returns `true` when the run task should end.
     pub(super) async fn on_task_failure(&mut self, f: TaskFailure) -> bool {
+        // An activation left for the completion's commit must be recorded now: replay reads it.
+        if let Some(write) = self.unrecorded.take()
+            && let Some(record) = self.history.last().cloned()
+        {
+            match self.record(write, &record).await {
+                Recording::Done => {}
+                Recording::Stop => return true,
+                Recording::Redo(_) => {
+                    self.history.pop();
+                }
+            }
+        }
         self.instance = None;
         self.evicted = false;
         cache::forget(&self.run_id);
@@ -80,11 +92,18 @@ impl Driver {
         let dbos = outcome.to_dbos();
         let run_id = self.run_id.clone();
         let executor = self.engine.executor_id.clone();
+        // The last activation, when it was left to be recorded with the outcome.
+        let step = self.unrecorded.take();
         for attempt in 0..5u32 {
-            let (r, e, o) = (run_id.clone(), executor.clone(), dbos.clone());
+            let (r, e, o, st) = (run_id.clone(), executor.clone(), dbos.clone(), step.clone());
             match self
                 .engine
-                .call(move |db| async move { db.complete(&r, Some(&e), &o).await })
+                .call(move |db| async move {
+                    match &st {
+                        Some(st) => db.complete_with_step(&r, &e, &o, st).await,
+                        None => db.complete(&r, Some(&e), &o).await,
+                    }
+                })
                 .await
             {
                 Ok(CompleteResult::Recorded) => {
@@ -105,6 +124,15 @@ impl Driver {
                     return;
                 }
                 Err(CallError::Gone) => return,
+                Err(CallError::Db(
+                    dbos_core::Error::CheckpointConflict { .. }
+                    | dbos_core::Error::AlreadyConsumed(_),
+                )) => {
+                    // Another executor wrote this run's history (or consumed its messages):
+                    // the run is no longer this worker's.
+                    info!(run_id = %run_id, "run's history was written elsewhere; dropping the local outcome");
+                    return;
+                }
                 Err(e) => {
                     warn!(run_id = %run_id, error = %e, attempt, "cannot record the run's outcome; retrying");
                     if self.pause(Duration::from_millis(200 << attempt)).await {
