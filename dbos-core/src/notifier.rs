@@ -259,6 +259,13 @@ impl Waiter {
             .is_ok()
     }
 
+    /// Waits until woken or `limit` passes, *not* capped by the fallback interval: for a waiter
+    /// with nothing else to re-check, whose wake-ups are published by every write it cares
+    /// about (a lost LISTEN connection still wakes it, at reconnection).
+    pub async fn wait_up_to(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.notify.notified()).await;
+    }
+
     /// Consumes a wake-up that arrived since the last wait, without waiting; `true` if there
     /// was one.
     pub(crate) fn take_wake(&self) -> bool {

@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 const ROUND: usize = 100;
 /// Most finishing runs watched at once (others are found by the fallback re-check).
 const MAX_WATCHED_RUNS: usize = 256;
+/// Longest sleep while no schedule exists (a schedule change wakes the scheduler at once).
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Pause after a failed round (database trouble).
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -71,8 +73,18 @@ pub(crate) async fn run(db: SystemDatabase, stop: CancellationToken) {
                 select_all(finishing.iter().map(|w| Box::pin(w.wait(deadline)))).await;
             }
         };
+        // Nothing scheduled: only a schedule change (which notifies) can give work, so the
+        // re-check is rare instead of every fallback interval.
+        let idle = wakeup.due_at_ms.is_none() && finishing.is_empty();
+        let change = async {
+            if idle {
+                changed.wait_up_to(IDLE_RECHECK).await
+            } else {
+                changed.wait(deadline).await
+            }
+        };
         tokio::select! {
-            _ = changed.wait(deadline) => {}
+            _ = change => {}
             _ = any_finished => {}
             _ = stop.cancelled() => break,
         }
