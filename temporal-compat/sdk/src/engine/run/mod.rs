@@ -84,6 +84,12 @@ enum Flow {
     Stop,
 }
 
+/// How often an idle run re-reads its inbox and status without a notification. Every write
+/// that concerns it publishes one (and a lost LISTEN connection wakes every waiter when it is
+/// back), so this is a rare safety net: a short interval would cost every idle held run two
+/// reads per interval.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
+
 const TRY_CANCEL: i32 = 0;
 /// `ChildWorkflowCancellationType::Abandon`.
 const CHILD_ABANDON: i32 = 0;
@@ -471,8 +477,8 @@ impl Driver {
                     if let Some(ev) = ev { self.on_event(ev); }
                 }
                 _ = timer_sleep => {}
-                _ = inbox_waiter.wait(None) => { self.inbox_dirty = true; }
-                _ = status_waiter.wait(None) => {
+                _ = inbox_waiter.wait_up_to(IDLE_RECHECK) => { self.inbox_dirty = true; }
+                _ = status_waiter.wait_up_to(IDLE_RECHECK) => {
                     if let Flow::Stop = self.check_status().await { return; }
                 }
                 _ = self.evict.notified() => {
