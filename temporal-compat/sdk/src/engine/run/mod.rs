@@ -758,18 +758,8 @@ impl Driver {
                 activation.jobs[0].variant,
                 Some(Variant::InitializeWorkflow(_))
             );
-        let write = (!only_init).then(|| StepWrite {
-            checkpoint: Checkpoint {
-                function_id: i32::try_from(k).unwrap_or(i32::MAX),
-                function_name: ACTIVATION_STEP.to_string(),
-                output: Some(history::encode(&record)),
-                started_at_ms: Some(ts),
-                completed_at_ms: Some(now),
-                ..Default::default()
-            },
-            consume_messages: std::mem::take(&mut self.consume),
-            set_events: Vec::new(),
-        });
+        let write = (!only_init)
+            .then(|| activation_write(k, &record, ts, now, std::mem::take(&mut self.consume)));
         self.apply_resolutions(&activation);
         let cmds = match self.deliver(activation).await {
             Ok(cmds) => cmds,
@@ -882,6 +872,28 @@ pub(super) enum Recording {
     /// Not recorded: the instance saw facts that are not durable; it must be rebuilt and the
     /// facts (back in `pending`) delivered again.
     Redo(String),
+}
+
+/// The checkpoint write of activation `k` (its record, timestamps and consumed messages).
+fn activation_write(
+    k: usize,
+    record: &Recorded,
+    ts: i64,
+    now: i64,
+    consume_messages: Vec<String>,
+) -> StepWrite {
+    StepWrite {
+        checkpoint: Checkpoint {
+            function_id: i32::try_from(k).unwrap_or(i32::MAX),
+            function_name: ACTIVATION_STEP.to_string(),
+            output: Some(history::encode(record)),
+            started_at_ms: Some(ts),
+            completed_at_ms: Some(now),
+            ..Default::default()
+        },
+        consume_messages,
+        set_events: Vec::new(),
+    }
 }
 
 fn workflow_context_data() -> SerializationContextData {

@@ -113,18 +113,7 @@ impl Driver {
                 ..activation
             },
         };
-        let write = StepWrite {
-            checkpoint: Checkpoint {
-                function_id: i32::try_from(k).unwrap_or(i32::MAX),
-                function_name: ACTIVATION_STEP.to_string(),
-                output: Some(history::encode(&record)),
-                started_at_ms: Some(ts),
-                completed_at_ms: Some(now),
-                ..Default::default()
-            },
-            consume_messages: consumed_ids,
-            set_events: Vec::new(),
-        };
+        let write = activation_write(k, &record, ts, now, consumed_ids);
         let run_id = self.run_id.clone();
         match self
             .engine
