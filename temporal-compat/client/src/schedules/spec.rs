@@ -212,39 +212,52 @@ fn parse_ranges(
     let mut out = Vec::new();
     for item in text.split(',') {
         let item = item.trim();
-        if item.contains('L') || item.contains('#') || item.contains('W') && field != "day_of_week"
-        {
-            return Err(format!(
-                "{field} `{item}`: the cron extensions L, W and # are not supported by DBOSify"
-            ));
-        }
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (
-                r,
-                s.parse::<i32>()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("invalid {field} step `{s}` in schedule calendar"))?,
-            ),
-            None => (item, 1),
+        // Month and day names may contain these letters (`JUL`, `WED`): an item is an
+        // extension only when it does not parse otherwise.
+        let extension = |e: String| {
+            if item.contains(['L', 'l', 'W', 'w', '#']) {
+                format!(
+                    "{field} `{item}`: the cron extensions L, W and # are not supported by DBOSify"
+                )
+            } else {
+                e
+            }
         };
-        let (start, end) = if range == "*" || range == "?" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (parse_value(field, a)?, parse_value(field, b)?)
-        } else {
-            let v = parse_value(field, range)?;
-            // `a/step` runs from a to the maximum.
-            (v, if item.contains('/') { max } else { v })
-        };
-        if start < min || end > max || end < start {
-            return Err(format!(
-                "{field} range `{item}` is outside {min}-{max} in schedule calendar"
-            ));
-        }
-        out.push((start, end, step));
+        out.push(parse_range_item((field, min, max), item).map_err(extension)?);
     }
     Ok(out)
+}
+
+/// Parses one item of a range list (`*`, `a`, `a-b`, with an optional `/step`).
+fn parse_range_item(
+    (field, min, max): (&str, i32, i32),
+    item: &str,
+) -> Result<(i32, i32, i32), String> {
+    let (range, step) = match item.split_once('/') {
+        Some((r, s)) => (
+            r,
+            s.parse::<i32>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| format!("invalid {field} step `{s}` in schedule calendar"))?,
+        ),
+        None => (item, 1),
+    };
+    let (start, end) = if range == "*" || range == "?" {
+        (min, max)
+    } else if let Some((a, b)) = range.split_once('-') {
+        (parse_value(field, a)?, parse_value(field, b)?)
+    } else {
+        let v = parse_value(field, range)?;
+        // `a/step` runs from a to the maximum.
+        (v, if item.contains('/') { max } else { v })
+    };
+    if start < min || end > max || end < start {
+        return Err(format!(
+            "{field} range `{item}` is outside {min}-{max} in schedule calendar"
+        ));
+    }
+    Ok((start, end, step))
 }
 
 fn mask(ranges: &[(i32, i32, i32)]) -> u64 {
@@ -610,6 +623,8 @@ mod tests {
         for (bad, what) in [
             ("@every 5m", "@every"),
             ("0 0 L * *", "L, W and #"),
+            ("0 0 15W * *", "L, W and #"),
+            ("0 0 * * 5L", "L, W and #"),
             ("CRON_TZ=Europe/Paris 0 0 * * *", "time zone"),
             ("0 0 * *", "fields"),
             ("0 25 * * *", "outside"),
@@ -621,6 +636,12 @@ mod tests {
             .unwrap_err();
             assert!(e.contains(what), "{bad}: {e}");
         }
+        // Names that contain the extension letters are names, not extensions.
+        let named = CompiledSpec::compile(&proto::ScheduleSpec {
+            cron_string: vec!["0 9 1 JUL,APR WED".into()],
+            ..Default::default()
+        });
+        assert!(named.is_ok(), "{named:?}");
         let e = CompiledSpec::compile(&proto::ScheduleSpec {
             timezone_name: "US/Eastern".into(),
             ..Default::default()
