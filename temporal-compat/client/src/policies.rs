@@ -92,6 +92,21 @@ impl CronSchedule {
                 "expected 5 fields (minute hour day-of-month month day-of-week), found {fields}"
             )));
         }
+        // Temporal's parser has no `L`, `W` or `#` (croner would accept them). Names such as
+        // `JUL` or `WED` contain the letters, so they are removed before looking.
+        const NAMES: [&str; 19] = [
+            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+            "SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT",
+        ];
+        let mut bare = pattern.to_ascii_uppercase();
+        for name in NAMES {
+            bare = bare.replace(name, "");
+        }
+        if bare.contains(['L', 'W', '#']) {
+            return Err(refuse(
+                "the cron extensions L, W and # are not supported (as by Temporal's server)",
+            ));
+        }
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .year(croner::parser::Year::Disallowed)
@@ -394,6 +409,9 @@ mod tests {
             ("0 * * * * *", "5 fields"),
             ("CRON_TZ=Europe/Paris 0 9 * * *", "UTC"),
             ("@fortnightly", "descriptor"),
+            ("0 0 L * *", "L, W and #"),
+            ("0 0 15W * *", "L, W and #"),
+            ("0 0 * * 5#3", "L, W and #"),
             ("@every", "duration"),
             ("@every soon", "duration"),
             ("61 * * * *", "61"),
@@ -406,6 +424,12 @@ mod tests {
                 "{bad}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn names_with_extension_letters_are_names() {
+        let s = CronSchedule::parse("0 9 1 JUL WED").expect("names parse");
+        assert!(s.next(0).is_some());
     }
 
     #[test]
