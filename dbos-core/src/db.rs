@@ -20,17 +20,11 @@ pub struct Config {
     /// The Postgres schema holding the system tables (one per namespace).
     pub schema: String,
     /// Maximum connections of the pool (the LISTEN connection is extra). The default, 10, is
-    /// deliberately small: more connections than Postgres has cores to serve them only add
-    /// context switches and cold backends (measured on the concurrent benchmark: 20 was slower
-    /// than 10 on a 2-core host, and no faster on a 1,000-run burst).
+    /// deliberately small: connections beyond what the server's cores can serve only add context
+    /// switches, and each new one is a cold server process (its catalog caches and prepared
+    /// statements built in the middle of the burst that opened it). On a 2-core host, 10 beat 20
+    /// on a burst of 200 concurrent workflows and matched it on 1,000.
     pub max_connections: u32,
-    /// How many pool connections are opened and warmed in the background right after
-    /// [`SystemDatabase::connect`] (capped at `max_connections`; 0: none). Warming runs one
-    /// trivial query per system table on each, so that the server process has loaded the tables'
-    /// catalog entries before the first burst of work needs it: a cold Postgres backend spends
-    /// milliseconds on that, in the middle of the burst. Warmed connections stay in the pool
-    /// until its idle timeout.
-    pub warm_connections: u32,
     /// How often waiters re-check the database when no notification arrives (lost-notification
     /// fallback). Wake-ups normally travel by LISTEN/NOTIFY.
     pub fallback_poll_interval: Duration,
@@ -47,7 +41,6 @@ impl Config {
             database_url: database_url.into(),
             schema: schema.into(),
             max_connections: 10,
-            warm_connections: 10,
             fallback_poll_interval: Duration::from_secs(2),
             max_value_bytes: 8 * 1024 * 1024,
             max_retries: 8,
@@ -106,10 +99,6 @@ impl SystemDatabase {
         })
         .await?;
         let notifier = Notifier::start(&options, &config).await?;
-        let warm_n = config.warm_connections.min(config.max_connections);
-        if warm_n > 0 {
-            tokio::spawn(warm_pool(pool.clone(), qschema.clone(), warm_n));
-        }
         debug!(schema = %config.schema, "system database ready");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -171,30 +160,6 @@ impl SystemDatabase {
         self.inner.pool.close().await;
     }
 }
-
-/// Opens `n` pool connections (holding them all at once, so that they are distinct), returns
-/// them to the pool, then runs [`WARM_SQL`] `n` times at once so each idle connection's backend
-/// loads the system tables' catalog entries. Best effort: failures are logged and ignored.
-async fn warm_pool(pool: PgPool, qschema: String, n: u32) {
-    let sql = WARM_SQL.replace("{s}", &qschema);
-    let conns = futures::future::join_all((0..n).map(|_| pool.acquire())).await;
-    drop(conns);
-    let sql = sql.as_str();
-    futures::future::join_all((0..n).map(|_| async {
-        if let Err(e) = sqlx::raw_sql(sql).execute(&pool).await {
-            debug!(error = %e, "warming a pool connection failed");
-        }
-    }))
-    .await;
-}
-
-/// One cheap query per system table on the hot paths: planning each loads the table's and all
-/// its indexes' catalog entries into the backend's caches.
-const WARM_SQL: &str = "SELECT 1 FROM {s}.workflow_status WHERE workflow_uuid = '';
-SELECT 1 FROM {s}.operation_outputs WHERE workflow_uuid = '';
-SELECT 1 FROM {s}.notifications WHERE destination_uuid = '';
-SELECT 1 FROM {s}.workflow_events WHERE workflow_uuid = '';
-SELECT 1 FROM {s}.workflow_events_history WHERE workflow_uuid = ''";
 
 /// The `application_name` of this crate's connections when the URL does not set one.
 pub const DEFAULT_APPLICATION_NAME: &str = "dbosify";
