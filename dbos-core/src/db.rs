@@ -19,7 +19,11 @@ pub struct Config {
     pub database_url: String,
     /// The Postgres schema holding the system tables (one per namespace).
     pub schema: String,
-    /// Maximum connections of the pool (the LISTEN connection is extra).
+    /// Maximum connections of the pool (the LISTEN connection is extra). The default, 10, is
+    /// deliberately small: connections beyond what the server's cores can serve only add context
+    /// switches, and each new one is a cold server process (its catalog caches and prepared
+    /// statements built in the middle of the burst that opened it). On a 2-core host, 10 beat 20
+    /// on a burst of 200 concurrent workflows and matched it on 1,000.
     pub max_connections: u32,
     /// How often waiters re-check the database when no notification arrives (lost-notification
     /// fallback). Wake-ups normally travel by LISTEN/NOTIFY.
@@ -36,7 +40,7 @@ impl Config {
         Self {
             database_url: database_url.into(),
             schema: schema.into(),
-            max_connections: 20,
+            max_connections: 10,
             fallback_poll_interval: Duration::from_secs(2),
             max_value_bytes: 8 * 1024 * 1024,
             max_retries: 8,

@@ -149,6 +149,10 @@ pub struct Mark {
 struct State {
     waiters: WaiterMap,
     recent: VecDeque<(u64, WakeKey)>,
+    /// The sequence number of each key's latest wake-up still in `recent`, so that a
+    /// registration checks "woken since the mark" in constant time rather than by scanning
+    /// every wake-up since (quadratic under a burst of concurrent starts).
+    latest: HashMap<WakeKey, u64>,
     seq: u64,
     epoch: u64,
 }
@@ -177,10 +181,14 @@ impl Shared {
         let mut st = self.state();
         st.seq += 1;
         let seq = st.seq;
-        if st.recent.len() == RECENT_WAKES {
-            st.recent.pop_front();
+        if st.recent.len() == RECENT_WAKES
+            && let Some((old_seq, old_key)) = st.recent.pop_front()
+            && st.latest.get(&old_key) == Some(&old_seq)
+        {
+            st.latest.remove(&old_key);
         }
         st.recent.push_back((seq, key.clone()));
+        st.latest.insert(key.clone(), seq);
         if let Some(list) = st.waiters.get(key) {
             for n in list {
                 n.notify_one();
@@ -356,13 +364,7 @@ impl Notifier {
                     .recent
                     .front()
                     .is_none_or(|(first, _)| *first <= m.seq + 1);
-            woken = !covered
-                || st
-                    .recent
-                    .iter()
-                    .rev()
-                    .take_while(|(seq, _)| *seq > m.seq)
-                    .any(|(_, k)| *k == key);
+            woken = !covered || st.latest.get(&key).is_some_and(|seq| *seq > m.seq);
             if woken {
                 notify.notify_one();
             }
