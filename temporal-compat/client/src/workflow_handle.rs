@@ -763,13 +763,61 @@ where
             .update_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let completed_key = protocol::update_completed_key(&update_id);
-        // A handle that knows its run reads the run and the update's known outcome concurrently
-        // (one round trip of latency); otherwise the run is resolved first.
+        let msg = |run: &str| {
+            let m = InboxMessage::Update(UpdateRequest {
+                update_id: update_id.clone(),
+                name: update_name.to_string(),
+                payloads: payloads.clone(),
+                headers: options.header.clone().map(|h| h.fields).unwrap_or_default(),
+                identity: self.client.identity(),
+            });
+            (
+                m.encode(),
+                protocol::update_idempotency_key(run, &update_id),
+            )
+        };
+        // A handle that knows its run sends at once: the send checks that the run is open, and
+        // a repeated update id is the same message (its outcome, if known, is then found by
+        // the wait below). Only a closed run needs the known outcome read.
         let (status, known_outcome) = match &self.info.run_id {
             Some(run) => {
-                let (status, known) =
-                    tokio::join!(self.target(&db), db.get_event(run, &completed_key, None));
-                (status.map_err(WorkflowUpdateError::NotFound)?, known?)
+                let (body, key) = msg(run);
+                match db
+                    .send_if_open(run, protocol::INBOX_TOPIC, &body, Some(&key))
+                    .await
+                {
+                    Ok(dbos_core::SendIfOpen::Sent(_)) => {
+                        return self
+                            .after_update_sent(
+                                &db,
+                                run,
+                                update_id,
+                                wait_for_acceptance,
+                                options.rpc_options.timeout,
+                            )
+                            .await;
+                    }
+                    Ok(dbos_core::SendIfOpen::Closed(_)) => {
+                        match db.get_event(run, &completed_key, None).await? {
+                            Some(v) => {
+                                return Ok(WorkflowUpdateHandle::new(
+                                    self.client.clone(),
+                                    update_id,
+                                    self.info.workflow_id.clone(),
+                                    Some(run.clone()),
+                                    Some(UpdateOutcome::from_text(&v)?),
+                                ));
+                            }
+                            None => {
+                                return Err(WorkflowUpdateError::NotFound(closed_status(run)));
+                            }
+                        }
+                    }
+                    Err(dbos_core::Error::UnknownRun(_)) => {
+                        return Err(WorkflowUpdateError::NotFound(self.not_found()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => {
                 let status = self
@@ -796,16 +844,30 @@ where
         if !is_open(&status)? {
             return Err(WorkflowUpdateError::NotFound(closed_status(&run)));
         }
-        let msg = InboxMessage::Update(UpdateRequest {
-            update_id: update_id.clone(),
-            name: update_name.to_string(),
-            payloads,
-            headers: options.header.map(|h| h.fields).unwrap_or_default(),
-            identity: self.client.identity(),
-        });
-        let key = protocol::update_idempotency_key(&run, &update_id);
-        db.send(&run, protocol::INBOX_TOPIC, &msg.encode(), Some(&key))
+        let (body, key) = msg(&run);
+        db.send(&run, protocol::INBOX_TOPIC, &body, Some(&key))
             .await?;
+        self.after_update_sent(
+            &db,
+            &run,
+            update_id,
+            wait_for_acceptance,
+            options.rpc_options.timeout,
+        )
+        .await
+    }
+
+    /// After an update's message is in the run's inbox: a handle at once, or after the
+    /// workflow's admission (acceptance, or rejection with its failure).
+    async fn after_update_sent<T>(
+        &self,
+        db: &SystemDatabase,
+        run: &str,
+        update_id: String,
+        wait_for_acceptance: bool,
+        timeout: Option<Duration>,
+    ) -> Result<WorkflowUpdateHandle<Client, T>, WorkflowUpdateError> {
+        let run = run.to_string();
         if !wait_for_acceptance {
             return Ok(WorkflowUpdateHandle::new(
                 self.client.clone(),
@@ -816,25 +878,22 @@ where
             ));
         }
         let admission_key = protocol::update_accepted_key(&update_id);
-        let known =
-            match wait_event_or_close(&db, &run, &admission_key, options.rpc_options.timeout)
-                .await?
-            {
-                EventWait::Value(v) => match UpdateAdmission::from_text(&v)? {
-                    UpdateAdmission::Accepted => None,
-                    UpdateAdmission::Rejected { failure } => Some(UpdateOutcome::Failure(failure)),
-                },
-                EventWait::Closed => {
-                    return Err(WorkflowUpdateError::NotFound(not_found(format!(
-                        "workflow run `{run}` closed before accepting update `{update_id}`"
-                    ))));
-                }
-                EventWait::TimedOut => {
-                    return Err(WorkflowUpdateError::Rpc(tonic::Status::deadline_exceeded(
-                        format!("update `{update_id}` was not accepted within the timeout"),
-                    )));
-                }
-            };
+        let known = match wait_event_or_close(db, &run, &admission_key, timeout).await? {
+            EventWait::Value(v) => match UpdateAdmission::from_text(&v)? {
+                UpdateAdmission::Accepted => None,
+                UpdateAdmission::Rejected { failure } => Some(UpdateOutcome::Failure(failure)),
+            },
+            EventWait::Closed => {
+                return Err(WorkflowUpdateError::NotFound(not_found(format!(
+                    "workflow run `{run}` closed before accepting update `{update_id}`"
+                ))));
+            }
+            EventWait::TimedOut => {
+                return Err(WorkflowUpdateError::Rpc(tonic::Status::deadline_exceeded(
+                    format!("update `{update_id}` was not accepted within the timeout"),
+                )));
+            }
+        };
         Ok(WorkflowUpdateHandle::new(
             self.client.clone(),
             update_id,
