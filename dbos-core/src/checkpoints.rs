@@ -384,7 +384,7 @@ impl SystemDatabase {
             Err(other) => return Err(other),
         };
         if let Some(h) = hints {
-            h.published();
+            h.published(true);
         }
         for k in keys {
             self.notify(WakeKey::Event(workflow_id.to_owned(), k.to_owned()));

@@ -171,8 +171,7 @@ impl SystemDatabase {
                     (SELECT count(pg_notify($6, p)) FROM unnest($7::text[]) AS p
                       WHERE EXISTS (SELECT 1 FROM ins)) AS hinted",
         );
-        let key = WakeKey::Message(destination.to_owned());
-        let hints = self.hints(vec![key.clone()]);
+        let hints = self.hints(vec![WakeKey::Message(destination.to_owned())]);
         let (state, inserted): (Option<String>, bool) = self
             .retry("send message", || async {
                 sqlx::query_as::<_, (Option<String>, bool, i64)>(&sql)
@@ -194,10 +193,9 @@ impl SystemDatabase {
             return Err(crate::Error::UnknownRun(destination.to_owned()));
         };
         if inserted {
-            hints.published();
+            hints.published(true);
             return Ok(SendIfOpen::Sent(message_id));
         }
-        drop(hints);
         let state = RunState::parse(&state).ok_or_else(|| crate::Error::Undecodable {
             what: "workflow status",
             reason: format!("unknown status {state:?}"),
@@ -212,7 +210,7 @@ impl SystemDatabase {
         }
         debug!(destination, %message_id, "message already sent (idempotent send)");
         // The first attempt may have committed without this call seeing it: hint again.
-        self.notify(key);
+        hints.published(false);
         Ok(SendIfOpen::Sent(message_id))
     }
 

@@ -464,9 +464,11 @@ impl Hints<'_> {
     }
 
     /// After the commit: wakes local waiters, and publishes the hints through the sender unless
-    /// the statement carried them.
-    pub(crate) fn published(self) {
-        let inline = !self.payloads.is_empty();
+    /// the statement carried them. `carried` says whether the statement's NOTIFY part ran (it
+    /// does not when the write found its work already done, e.g. a retry whose first attempt
+    /// committed); with an empty payload list it never carried anything.
+    pub(crate) fn published(self, carried: bool) {
+        let inline = carried && !self.payloads.is_empty();
         for key in &self.keys {
             if inline {
                 self.notifier.wake_local(key);

@@ -364,18 +364,9 @@ impl SystemDatabase {
         let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
         let enqueued = prepared.result(&row)?;
         if let Enqueued::Created(_) = &enqueued {
-            // A retry whose first attempt committed carried no inline hint in this statement
-            // (nothing was inserted): publish after the fact then.
-            let inline_ran = row.try_get::<i64, _>("hinted").unwrap_or(0) > 0;
-            if inline_ran || hints.payloads().is_empty() {
-                hints.published();
-            } else {
-                drop(hints);
-                if first_message.is_some() {
-                    self.notify(WakeKey::Message(request.workflow_id.clone()));
-                }
-                self.notify_enqueued(&enqueued);
-            }
+            // A retry whose first attempt committed inserted nothing, so its statement carried
+            // no hint: the hints are then published after the fact.
+            hints.published(row.try_get::<i64, _>("hinted").unwrap_or(0) > 0);
         }
         Ok(enqueued)
     }
@@ -560,7 +551,7 @@ impl SystemDatabase {
             .await?;
         if let Some((queue, _)) = updated {
             debug!(workflow_id, state = state.as_str(), "run completed");
-            hints.published();
+            hints.published(true);
             self.notify_queue_slot_freed(queue.as_deref());
             return Ok(CompleteResult::Recorded);
         }
