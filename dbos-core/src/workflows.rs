@@ -484,6 +484,20 @@ impl SystemDatabase {
         row.as_ref().map(status_from_row).transpose()
     }
 
+    /// The rows of those of `workflow_ids` that exist, in one statement (in no particular
+    /// order).
+    pub async fn statuses(&self, workflow_ids: &[String]) -> Result<Vec<WorkflowStatus>> {
+        let sql = self.sql(&format!(
+            "SELECT {STATUS_COLUMNS} FROM {{s}}.workflow_status WHERE workflow_uuid = ANY($1)"
+        ));
+        let rows = self
+            .retry("statuses", || {
+                sqlx::query(&sql).bind(workflow_ids).fetch_all(self.pool())
+            })
+            .await?;
+        rows.iter().map(status_from_row).collect()
+    }
+
     /// Records a terminal outcome, only while the run is PENDING and (when `executor_id` is given)
     /// held by that executor. Wakes everyone awaiting the run.
     ///

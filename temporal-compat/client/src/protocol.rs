@@ -283,62 +283,56 @@ pub fn validate_workflow_id(id: &str) -> Result<()> {
 }
 
 /// The newest run of `workflow_id` (highest index), or `None` when the id was never started.
-/// Relies on run indexes being dense; costs O(log n) batched primary-key probes.
+///
+/// Relies on run indexes being dense (`W`, `W--r1`, `W--r2`…: run `n` exists only if run
+/// `n - 1` does). Each round is one statement probing a batch of indexes by primary key: the
+/// first covers every chain of up to [`DENSE_PROBES`] runs, and longer chains narrow the gap
+/// between the highest run found and the lowest index missing by a factor of
+/// [`DENSE_PROBES`] per round.
 pub async fn latest_run(db: &SystemDatabase, workflow_id: &str) -> Result<Option<WorkflowStatus>> {
-    let Some(first) = db.status(workflow_id).await? else {
-        return Ok(None);
-    };
-    // Galloping: probe 1, 2, 4, ... (a batch at a time) until an index is missing.
-    let mut lo: u64 = 0; // exists
-    let mut lo_status = first;
-    let mut hi: Option<u64> = None; // missing
-    let mut next: u64 = 1;
-    while hi.is_none() {
-        let batch: Vec<u64> = (0..6)
-            .map(|k| next.saturating_mul(1 << k))
-            .take_while(|&i| i < u64::MAX / 2)
+    let mut probes: Vec<u64> = (0..=DENSE_PROBES)
+        .chain((7..62).map(|k| 1u64 << k))
+        .collect();
+    // Highest index known to exist (with its row) and lowest index known to be missing.
+    let mut found: Option<(u64, WorkflowStatus)> = None;
+    let mut missing: Option<u64> = None;
+    loop {
+        let ids: Vec<String> = probes.iter().map(|&i| run_id(workflow_id, i)).collect();
+        for status in db.statuses(&ids).await? {
+            let (id, index) = parse_run_id(&status.workflow_id);
+            if id != workflow_id || found.as_ref().is_some_and(|(f, _)| *f >= index) {
+                continue;
+            }
+            found = Some((index, status));
+        }
+        let Some((lo, _)) = &found else {
+            return Ok(None);
+        };
+        let lo = *lo;
+        missing = probes
+            .iter()
+            .copied()
+            .filter(|&i| i > lo)
+            .chain(missing)
+            .min();
+        let Some(hi) = missing else {
+            // Every probe exists: no realistic chain is this long; the highest probe is newest.
+            return Ok(found.map(|(_, s)| s));
+        };
+        let gap = hi - lo - 1;
+        if gap == 0 {
+            return Ok(found.map(|(_, s)| s));
+        }
+        let step = gap.div_ceil(DENSE_PROBES).max(1);
+        probes = (1..=DENSE_PROBES)
+            .map(|k| lo + k * step)
+            .take_while(|&i| i < hi)
             .collect();
-        let probes = futures::future::join_all(
-            batch
-                .iter()
-                .map(|&i| async move { (i, db.status(&run_id(workflow_id, i)).await) }),
-        )
-        .await;
-        for (i, res) in probes {
-            match res? {
-                Some(s) if hi.is_none() => {
-                    lo = i;
-                    lo_status = s;
-                }
-                Some(_) => {}
-                None => {
-                    if hi.is_none() {
-                        hi = Some(i);
-                    }
-                }
-            }
-        }
-        next = batch.last().copied().unwrap_or(next).saturating_mul(2);
-        if next >= u64::MAX / 2 {
-            break;
-        }
     }
-    let Some(mut hi) = hi else {
-        return Ok(Some(lo_status));
-    };
-    // Binary search between lo (exists) and hi (missing).
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        match db.status(&run_id(workflow_id, mid)).await? {
-            Some(s) => {
-                lo = mid;
-                lo_status = s;
-            }
-            None => hi = mid,
-        }
-    }
-    Ok(Some(lo_status))
 }
+
+/// How many run indexes one round of [`latest_run`] probes densely.
+const DENSE_PROBES: u64 = 64;
 
 // ------------------------------------------------------------------------------------------
 // Payload codec

@@ -1225,3 +1225,40 @@ async fn describe_after_completion() {
     assert!(d.close_time().is_some() && d.start_time().is_some());
     assert!(d.close_time() >= d.start_time());
 }
+
+/// `latest_run` finds the newest run of chains of every length (dense run indexes), in one
+/// statement for short chains and a few for long ones, and `None` for an unknown id.
+#[tokio::test]
+async fn latest_run_finds_the_newest_run_of_chains_of_any_length() {
+    let (_client, db) = setup().await;
+    assert!(
+        protocol::latest_run(&db, "never-started")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for len in [1u64, 2, 64, 65, 66, 129, 300] {
+        let id = format!("chain-{len}");
+        for i in 0..len {
+            let run = protocol::run_id(&id, i);
+            db.enqueue(dbos_core::EnqueueRequest::new(&run, "Greet", TQ, ""))
+                .await
+                .expect("enqueue");
+        }
+        let newest = protocol::latest_run(&db, &id)
+            .await
+            .unwrap()
+            .expect("a run");
+        assert_eq!(
+            newest.workflow_id,
+            protocol::run_id(&id, len - 1),
+            "chain of {len}"
+        );
+    }
+    // Another id sharing the prefix does not count.
+    db.enqueue(dbos_core::EnqueueRequest::new("chain-1x", "Greet", TQ, ""))
+        .await
+        .expect("enqueue");
+    let newest = protocol::latest_run(&db, "chain-1").await.unwrap().unwrap();
+    assert_eq!(newest.workflow_id, "chain-1");
+}

@@ -341,4 +341,37 @@ mod tests {
         assert!(problems[1].contains("max_task_queue_activities_per_second"));
         assert!(problems[2].contains("max_worker_activities_per_second"));
     }
+
+    #[test]
+    fn worker_versioning_is_refused() {
+        let mut deployment = default_deployment();
+        deployment.use_worker_versioning = true;
+        let o = WorkerOptions::new("q")
+            .deployment_options(deployment)
+            .build();
+        let problems = o.unsupported();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[1].contains("use_worker_versioning"),
+            "{problems:?}"
+        );
+    }
+
+    /// The gRPC poller's tuning knobs have no meaning without pollers or sticky queues: they
+    /// are accepted (Temporal's programs set them) and change nothing.
+    #[test]
+    fn poller_tuning_knobs_are_accepted() {
+        let o = WorkerOptions::new("q")
+            .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(7))
+            .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(3))
+            .nexus_task_poller_behavior(PollerBehavior::SimpleMaximum(1))
+            .nonsticky_to_sticky_poll_ratio(0.7)
+            .sticky_queue_schedule_to_start_timeout(Duration::from_secs(1))
+            .max_eager_activity_reservations_per_workflow_task(9)
+            .build();
+        assert_eq!(
+            o.unsupported(),
+            vec!["At least one workflow or activity must be registered".to_string()]
+        );
+    }
 }

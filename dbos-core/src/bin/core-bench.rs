@@ -2,8 +2,8 @@
 //! the same run, on the same machine.
 //!
 //! ```sh
-//! cargo run --release -p dbos-core --bin bench                 # URL from DBOSIFY_TEST_DATABASE_URL
-//! cargo run --release -p dbos-core --bin bench -- --url postgres://postgres@127.0.0.1:5432/test
+//! cargo run --release -p dbos-core --bin core-bench                 # URL from DBOSIFY_TEST_DATABASE_URL
+//! cargo run --release -p dbos-core --bin core-bench -- --url postgres://postgres@127.0.0.1:5432/test
 //! ```
 //! No cargo feature is needed. Options: `--url URL`; `--quick` (shorter runs); `--keep` (keep the
 //! scratch database/schema); `--same-database` (do not create a scratch database: use a fresh
