@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 const ROUND: usize = 100;
 /// Most finishing runs watched at once (others are found by the fallback re-check).
 const MAX_WATCHED_RUNS: usize = 256;
-/// Longest sleep while no schedule exists (a schedule change wakes the scheduler at once).
+/// Longest sleep without a wake-up (a schedule change or a watched run's completion wakes the
+/// scheduler at once).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Pause after a failed round (database trouble).
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
@@ -66,21 +67,27 @@ pub(crate) async fn run(db: SystemDatabase, stop: CancellationToken) {
             Instant::now() + Duration::from_millis(wait)
         });
         debug!(due_at_ms = ?wakeup.due_at_ms, watched = finishing.len(), "scheduler sleeping");
+        // Every schedule change and every run completion notifies (and a lost LISTEN
+        // connection wakes every waiter when it is back), so the sleep lasts until the next
+        // fire time, at most IDLE_RECHECK; only when some finishing runs are not watched does
+        // the notifier's fallback interval cap it.
+        let unwatched = wakeup.watch_runs.len() > finishing.len();
+        let limit = deadline.map_or(IDLE_RECHECK, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(IDLE_RECHECK)
+        });
         let any_finished = async {
             if finishing.is_empty() {
                 std::future::pending::<()>().await;
             } else {
-                select_all(finishing.iter().map(|w| Box::pin(w.wait(deadline)))).await;
+                select_all(finishing.iter().map(|w| Box::pin(w.wait_up_to(limit)))).await;
             }
         };
-        // Nothing scheduled: only a schedule change (which notifies) can give work, so the
-        // re-check is rare instead of every fallback interval.
-        let idle = wakeup.due_at_ms.is_none() && finishing.is_empty();
         let change = async {
-            if idle {
-                changed.wait_up_to(IDLE_RECHECK).await
-            } else {
+            if unwatched {
                 changed.wait(deadline).await
+            } else {
+                changed.wait_up_to(limit).await
             }
         };
         tokio::select! {
