@@ -13,7 +13,8 @@
 //! Every activity execution is recorded in the **effects table** ([`EFFECTS_TABLE`], created by
 //! the test with [`CREATE_EFFECTS_TABLE`]) — one row per execution (attempt), inserted when the
 //! execution starts and updated when it ends — and announced on the worker's stdout with marker
-//! lines the test waits for before it SIGKILLs the worker:
+//! lines the test waits for before it SIGKILLs the worker (a standalone activity, started by
+//! `Client::start_activity` without a workflow, is recorded under its activity id):
 //!
 //! ```text
 //! EFFECT <workflow id> <activity name> attempt=<n> started [from=<heartbeat details>]
