@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{FINISH, MARKER, POLL, Scenario, describe, of, serial, wait_ready};
+use common::{FINISH, MARKER, POLL, SCHEMA, Scenario, describe, lit, of, serial, wait_ready};
 use conformance_tests::ManagedProcess;
 use conformance_tests::recovery::{MessageWorkflow, TASK_QUEUE, Work};
 use temporalio_client::{
@@ -484,4 +484,140 @@ fn query_without_worker_fails_with_deadline_exceeded() {
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. A query pending while the worker holding the run is frozen, then killed and restarted.
+// ------------------------------------------------------------------------------------------
+
+/// The worker holding the run is frozen (SIGSTOP) before a query is sent, so it cannot claim
+/// it; it is SIGKILLed and restarted while the client waits: the restarted worker recovers the
+/// run, finds the request still in the run's query topic and answers it within the client's
+/// timeout.
+#[test]
+fn query_pending_at_a_kill_is_answered_after_restart() {
+    let _serial = serial();
+    let s = Scenario::new_messages("query across kill");
+    let id = "msg-6";
+    let mut worker = s.worker("worker", Some("msg-worker-6"));
+    let handle = s.start(id, Vec::new());
+    s.signal_add(&handle, 6);
+    assert_eq!(s.wait_items(&handle, 1, MARKER, &[&worker]), vec![6]);
+    worker.freeze().expect("frozen");
+    let pending = {
+        let handle = handle.clone();
+        s.rt.spawn(async move {
+            handle
+                .query(MessageWorkflow::items, (), query_options(FINISH))
+                .await
+        })
+    };
+    // White-box: kill once the request is stored (the frozen worker cannot take it).
+    s.wait_for("the query request to be stored", MARKER, &[&worker], || {
+        (pending_queries(&s, id) == 1).then_some(())
+    });
+    worker.kill().expect("killed");
+    let killed_at = Instant::now();
+    worker.restart().expect("restarted");
+    wait_ready(&mut worker);
+
+    let answer = s
+        .rt
+        .block_on(pending)
+        .expect("the query task")
+        .unwrap_or_else(|e| panic!("the pending query failed: {e:?}\n{}", describe(&[&worker])));
+    eprintln!(
+        "query across kill: answered {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(answer, vec![6]);
+    assert_eq!(pending_queries(&s, id), 0, "nothing about the query stays");
+    s.finish(&handle);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![6]);
+    s.assert_one_successful_run(id);
+    worker.check_no_panic().expect("no panic");
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. A query claimed by the worker holding the run, which is killed before it answers.
+// ------------------------------------------------------------------------------------------
+
+/// A documented deviation (COMPATIBILITY.md): the worker holding the run claims a query (the
+/// request leaves the run's query topic) and is SIGKILLed while the query handler runs; the
+/// restarted worker recovers the run but the request is gone, so the client's query fails with
+/// `DeadlineExceeded` at its timeout (Temporal's server would hand the query to the next
+/// worker). The run itself is unharmed.
+#[test]
+fn query_claimed_by_a_killed_worker_times_out() {
+    let _serial = serial();
+    let s = Scenario::new_messages("claimed query lost");
+    let id = "msg-7";
+    let mut worker = s.worker("worker", Some("msg-worker-7"));
+    let handle = s.start(id, Vec::new());
+    s.signal_add(&handle, 7);
+    assert_eq!(s.wait_items(&handle, 1, MARKER, &[&worker]), vec![7]);
+    let timeout = Duration::from_secs(8);
+    let t0 = Instant::now();
+    let pending = {
+        let handle = handle.clone();
+        s.rt.spawn(async move {
+            handle
+                .query(
+                    MessageWorkflow::held_items,
+                    "q".to_string(),
+                    query_options(timeout),
+                )
+                .await
+        })
+    };
+    // The handler runs (the request was claimed) and holds at its gate.
+    worker
+        .wait_for_line_containing("QUERY held_items gate=q started", MARKER)
+        .expect("the query handler started");
+    worker.kill().expect("killed");
+    s.open_gate("q");
+    worker.restart().expect("restarted");
+    wait_ready(&mut worker);
+    // The restarted worker holds the run again and answers new queries at once.
+    assert_eq!(s.wait_items(&handle, 1, FINISH, &[&worker]), vec![7]);
+
+    let outcome = s.rt.block_on(pending).expect("the query task");
+    let elapsed = t0.elapsed();
+    eprintln!("claimed query: {outcome:?} after {elapsed:?}");
+    match &outcome {
+        Err(WorkflowQueryError::Rpc(status)) => assert_eq!(
+            format!("{:?}", status.code()),
+            "DeadlineExceeded",
+            "{status}"
+        ),
+        other => panic!(
+            "the claimed query was expected to be lost (DeadlineExceeded at its {timeout:?} \
+             timeout): {other:?}; if it is now answered after the restart, update \
+             COMPATIBILITY.md and this test"
+        ),
+    }
+    assert!(
+        elapsed >= timeout,
+        "the query must fail at its timeout, not before: {elapsed:?}"
+    );
+    assert!(
+        !worker.stdout().contains("QUERY held_items gate=q started"),
+        "the restarted worker never saw the claimed query"
+    );
+    s.finish(&handle);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![7]);
+    s.assert_one_successful_run(id);
+    worker.check_no_panic().expect("no panic");
+}
+
+/// White-box: the unconsumed query requests stored for `run_id` (the run's query topic).
+fn pending_queries(s: &Scenario, run_id: &str) -> u64 {
+    s.db.query_scalar(&format!(
+        "SELECT count(*)::text FROM {SCHEMA}.notifications
+          WHERE destination_uuid = {} AND topic = '__temporal_query' AND NOT consumed",
+        lit(run_id)
+    ))
+    .expect("query requests")
+    .and_then(|n| n.parse().ok())
+    .unwrap_or_default()
 }

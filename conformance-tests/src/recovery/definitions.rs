@@ -296,6 +296,20 @@ impl MessageWorkflow {
         self.items.clone()
     }
 
+    /// The values applied so far, answered only once the file `gate-<gate>` exists in the
+    /// worker's working directory: prints `QUERY held_items gate=<gate> started` first, then
+    /// blocks the workflow thread while it waits (so a test can kill the worker while it holds
+    /// a query it has claimed and not answered).
+    #[query]
+    pub fn held_items(&self, _ctx: &WorkflowContextView, gate: String) -> Vec<u64> {
+        marker(&format!("QUERY held_items gate={gate} started"));
+        let path = PathBuf::from(format!("gate-{gate}"));
+        while !path.exists() {
+            std::thread::sleep(GATE_POLL);
+        }
+        self.items.clone()
+    }
+
     /// Executes `work` (typically gated), then appends `v`; returns
     /// `<activity result>+<v>`.
     #[update]
