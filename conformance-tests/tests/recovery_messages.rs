@@ -3,7 +3,8 @@
 //! be applied exactly once, an update accepted before a kill must complete after the restart
 //! (and the client waiting on it across the kill must get its value), and queries must cross
 //! processes (a closed run answered by a worker process; no worker: a timeout within the
-//! deadline).
+//! deadline) and kills (a query not yet claimed is answered by the restarted worker; one claimed
+//! by the killed worker is lost, a documented deviation).
 //!
 //! The workflow is [`MessageWorkflow`] (a mailbox of `u64`s filled by the `add` signal and the
 //! `gated_put` update, read by the `items` query, closed by `finish`); activities record their
