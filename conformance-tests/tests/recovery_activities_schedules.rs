@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    FINISH, MARKER, SCHEMA, Scenario, TAKEOVER, assert_in_flight_reran_once, assert_ran_once,
-    describe, lit, of, serial, wait_ready,
+    FINISH, MARKER, SCHEMA, Scenario, TAKEOVER, assert_in_flight_reran_once, assert_ran_once, lit,
+    of, serial, wait_ready,
 };
 use conformance_tests::recovery::{
     Plan, RecoveryActivities, RecoveryWorkflow, Step, TASK_QUEUE, Work,
@@ -63,22 +63,7 @@ fn run_standalone_activity_kill(label: &str, id: &str, identity: Option<&str>, f
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let outcome =
-        s.rt.block_on(async { tokio::time::timeout(finish, waiting).await });
-    let result = match outcome {
-        Ok(Ok(Ok(value))) => value,
-        Ok(Ok(Err(e))) => panic!(
-            "the activity failed: {e:?}\neffects: {:#?}\n{}",
-            s.effects(id),
-            describe(&[&worker])
-        ),
-        Ok(Err(e)) => panic!("the waiting task failed: {e}"),
-        Err(_) => panic!(
-            "no activity result within {finish:?} of the restart\neffects: {:#?}\n{}",
-            s.effects(id),
-            describe(&[&worker])
-        ),
-    };
+    let result = s.await_call("the activity's result", waiting, finish, id, &[&worker]);
     let effects = s.effects(id);
     assert_in_flight_reran_once(&effects, "solo");
     let solo = of(&effects, "solo");

@@ -234,18 +234,7 @@ fn update_in_flight_at_a_kill_completes_after_restart() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let outcome =
-        s.rt.block_on(async { tokio::time::timeout(FINISH, waiting).await });
-    let value = match outcome {
-        Ok(Ok(Ok(value))) => value,
-        Ok(Ok(Err(e))) => panic!("the update failed: {e:?}\n{}", describe(&[&worker])),
-        Ok(Err(e)) => panic!("the waiting task failed: {e}"),
-        Err(_) => panic!(
-            "execute_update gave no value within {FINISH:?} of the restart\neffects: {:#?}\n{}",
-            s.effects(id),
-            describe(&[&worker])
-        ),
-    };
+    let value = s.await_call("execute_update", waiting, FINISH, id, &[&worker]);
     let second_value =
         s.rt.block_on(async {
             tokio::time::timeout(FINISH, second.get_result(RpcOptions::default())).await

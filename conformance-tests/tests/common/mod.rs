@@ -175,6 +175,35 @@ impl Scenario {
         }
     }
 
+    /// The value of a client call spawned on [`Scenario::rt`] (one that waits across a kill),
+    /// within `timeout`. Panics with `workflow_id`'s effects and the workers' logs otherwise.
+    pub fn await_call<T, E: std::fmt::Debug>(
+        &self,
+        what: &str,
+        call: tokio::task::JoinHandle<Result<T, E>>,
+        timeout: Duration,
+        workflow_id: &str,
+        workers: &[&ManagedProcess],
+    ) -> T {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, call).await })
+        {
+            Ok(Ok(Ok(value))) => value,
+            Ok(Ok(Err(e))) => panic!(
+                "{what} failed: {e:?}\neffects: {:#?}\n{}",
+                self.effects(workflow_id),
+                describe(workers)
+            ),
+            Ok(Err(e)) => panic!("the task waiting on {what} failed: {e}"),
+            Err(_) => panic!(
+                "{what} gave no value within {timeout:?}\neffects: {:#?}\n{}",
+                self.effects(workflow_id),
+                describe(workers)
+            ),
+        }
+    }
+
     /// Every recorded execution of `workflow_id`'s activities, in order.
     pub fn effects(&self, workflow_id: &str) -> Vec<Effect> {
         self.effects_where(&format!("workflow_id = {}", lit(workflow_id)))
