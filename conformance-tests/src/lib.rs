@@ -13,7 +13,7 @@
 //!    output, and can SIGKILL and restart workers ([`process`]).
 //!
 //! [`ExampleRun`] ties these together for tests. [`recovery`] holds the workflow and activities
-//! of the kill-and-recover tests (`tests/recovery.rs`, binaries `recovery_worker` and
+//! of the kill-and-recover tests (`tests/recovery*.rs`, binaries `recovery_worker` and
 //! `recovery_starter`).
 //!
 //! Nothing from upstream is copied into this

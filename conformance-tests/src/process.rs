@@ -370,6 +370,24 @@ impl ManagedProcess {
         Ok(())
     }
 
+    /// SIGSTOPs the current incarnation: it stays alive (its connections open, its leases
+    /// held) but runs nothing until killed. Sent with the system's `kill` command.
+    pub fn freeze(&mut self) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::Process(format!("{} is not running", self.label())))?;
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .map_err(|e| Error::io("sending SIGSTOP with", "kill", e))?;
+        if !status.success() {
+            return Err(Error::Process(format!(
+                "`kill -STOP {pid}` failed ({status})"
+            )));
+        }
+        Ok(())
+    }
+
     /// SIGKILLs the current incarnation if it runs, then starts the next one (new log files).
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;

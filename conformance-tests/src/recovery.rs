@@ -1,5 +1,6 @@
-//! The workflow and activities of the kill-and-recover tests (`tests/recovery.rs`), run by the
-//! `recovery_worker` binary and started by the `recovery_starter` binary (or the test itself).
+//! The workflow and activities of the kill-and-recover tests (`tests/recovery*.rs`, helpers in
+//! `tests/common`), run by the `recovery_worker` binary and started by the `recovery_starter`
+//! binary or the test itself (also as a standalone activity and from a schedule).
 //!
 //! They are ordinary Temporal Rust SDK code: this crate depends on `temporal-compat` and
 //! `temporal-compat-client` under Temporal's names (`temporalio-sdk`, `temporalio-client`), the
@@ -8,12 +9,14 @@
 //! [`RecoveryWorkflow`] executes a [`Plan`]: a list of [`Step`]s (activities, durable timers,
 //! a heartbeating activity) chosen by the test, and returns the steps' results joined by `,`.
 //! [`MessageWorkflow`] (the message tests, `tests/recovery_messages.rs`) is a mailbox filled by
-//! a signal and an update whose handler runs an activity, read by a query.
+//! a signal and an update whose handler runs an activity, read by a query (and by a query that
+//! holds the workflow thread until its gate opens).
 //!
 //! Every activity execution is recorded in the **effects table** ([`EFFECTS_TABLE`], created by
 //! the test with [`CREATE_EFFECTS_TABLE`]) — one row per execution (attempt), inserted when the
 //! execution starts and updated when it ends — and announced on the worker's stdout with marker
-//! lines the test waits for before it SIGKILLs the worker:
+//! lines the test waits for before it SIGKILLs the worker (a standalone activity, started by
+//! `Client::start_activity` without a workflow, is recorded under its activity id):
 //!
 //! ```text
 //! EFFECT <workflow id> <activity name> attempt=<n> started [from=<heartbeat details>]

@@ -18,126 +18,22 @@
 //! `DBOSIFY_TEST_DATABASE_URL=$(scripts/pg.sh url) cargo test -p conformance-tests --test recovery`.
 //! Logs of every process are under `target/conformance/logs/recovery/<database name>/`.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use conformance_tests::paths::logs_dir;
-use conformance_tests::recovery::{
-    CREATE_EFFECTS_TABLE, Heartbeat, Plan, RecoveryWorkflow, Step, Work,
+use common::{
+    Effect, FINISH, MARKER, SCHEMA, Scenario, TAKEOVER, assert_in_flight_reran_once,
+    assert_ran_once, lit, of, serial, wait_ready,
 };
-use conformance_tests::{ManagedProcess, ProcessSpec, TestDatabase, run_to_completion};
-use serde::Deserialize;
-use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowGetResultOptions,
-};
+use conformance_tests::recovery::{Heartbeat, Plan, RecoveryWorkflow, Step, Work};
+use conformance_tests::run_to_completion;
 
-/// The namespace's schema (namespace `default`).
-const SCHEMA: &str = "dbosify_default";
-/// How long a worker may take to start.
-const WORKER_START: Duration = Duration::from_secs(30);
-/// How long a marker line may take to appear once the run can reach it.
-const MARKER: Duration = Duration::from_secs(30);
-/// How long a run may take to finish after the last kill/restart (no lease to wait for).
-const FINISH: Duration = Duration::from_secs(30);
-/// How long a run may take to finish when it needs a dead worker's lease (10 s) to lapse.
-const TAKEOVER: Duration = Duration::from_secs(45);
-/// Database polling interval.
-const POLL: Duration = Duration::from_millis(50);
-
-/// The scenarios are run one at a time: several measure elapsed time, and two CPUs shared by
-/// parallel workers, Postgres and the compiler would blur the measurements.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One activity execution, as recorded in the effects table.
-#[derive(Debug, Clone, Deserialize)]
-struct Effect {
-    workflow_id: String,
-    activity: String,
-    attempt: i32,
-    worker: String,
-    detail: Option<String>,
-    outcome: Option<String>,
-    /// Epoch milliseconds (database clock).
-    started_ms: f64,
-    /// Epoch milliseconds (database clock), when it ended.
-    finished_ms: Option<f64>,
-}
-
-/// One run of a workflow id, from `workflow_status`.
-#[derive(Debug, Clone, Deserialize)]
-struct RunRow {
-    run_id: String,
-    status: String,
-}
-
-/// A test's database, log directory, client and helpers.
-struct Scenario {
-    db: TestDatabase,
-    dir: PathBuf,
-    rt: tokio::runtime::Runtime,
-    client: Client,
-}
-
-/// SQL string literal (the ids are the test's own, but quote them properly anyway).
-fn lit(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
+/// The helpers of this file's scenarios: runs of [`RecoveryWorkflow`] started by the starter
+/// process.
 impl Scenario {
-    fn new(label: &str) -> Self {
-        let db = TestDatabase::create(&format!("recovery {label}")).expect("test database");
-        db.execute(CREATE_EFFECTS_TABLE)
-            .expect("effects table created");
-        let dir = logs_dir().join("recovery").join(db.name());
-        std::fs::create_dir_all(&dir).expect("log directory");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let url = url::Url::parse(db.url()).expect("database URL");
-        let client = rt
-            .block_on(async {
-                let connection = Connection::connect(ConnectionOptions::new(url).build()).await?;
-                Ok::<_, Box<dyn std::error::Error>>(Client::new(
-                    connection,
-                    ClientOptions::new("default").build(),
-                )?)
-            })
-            .expect("client connects");
-        eprintln!(
-            "recovery {label}: database {}, logs {}",
-            db.name(),
-            dir.display()
-        );
-        Self {
-            db,
-            dir,
-            rt,
-            client,
-        }
-    }
-
-    fn spec(&self, program: &str, label: &str) -> ProcessSpec {
-        ProcessSpec::new(program, &self.dir, label)
-            .env("TEMPORAL_ADDRESS", self.db.url())
-            .env_remove("DBOS_SYSTEM_DATABASE_URL")
-            .env_remove("TEMPORAL_NAMESPACE")
-            .env_remove("TEMPORAL_PROFILE")
-            .env_remove("TEMPORAL_CONFIG_FILE")
-    }
-
-    /// Starts a worker (with a fixed identity, or Temporal's default `pid@host` when `None`)
-    /// and waits until it is about to run.
-    fn worker(&self, label: &str, identity: Option<&str>) -> ManagedProcess {
-        let mut spec = self.spec(env!("CARGO_BIN_EXE_recovery_worker"), label);
-        if let Some(identity) = identity {
-            spec = spec.args(["--identity", identity]);
-        }
-        let mut worker = ManagedProcess::spawn(spec).expect("worker spawned");
-        wait_ready(&mut worker);
-        worker
+    fn new_recovery(label: &str) -> Self {
+        Self::new(&format!("recovery {label}"))
     }
 
     /// Starts `ids` with `plan` through the starter process (which exits without waiting).
@@ -159,167 +55,17 @@ impl Scenario {
         }
     }
 
-    /// Lets gated activities waiting for `gate` finish.
-    fn open_gate(&self, gate: &str) {
-        std::fs::write(self.dir.join(format!("gate-{gate}")), b"open").expect("gate file");
-    }
-
-    /// The workflow's result through the client API (`get_result`), within `timeout`.
-    fn result(&self, id: &str, timeout: Duration, workers: &[&ManagedProcess]) -> String {
-        let handle = self.client.get_workflow_handle::<RecoveryWorkflow>(id);
-        let outcome = self.rt.block_on(async {
-            tokio::time::timeout(
-                timeout,
-                handle.get_result(WorkflowGetResultOptions::default()),
-            )
-            .await
-        });
-        match outcome {
-            Ok(Ok(value)) => value,
-            Ok(Err(e)) => panic!(
-                "{id} did not succeed: {e}\nruns: {:?}\neffects: {:#?}\n{}",
-                self.runs(id),
-                self.effects(id),
-                describe(workers)
-            ),
-            Err(_) => panic!(
-                "{id} gave no result within {timeout:?}\nruns: {:?}\neffects: {:#?}\n{}",
-                self.runs(id),
-                self.effects(id),
-                describe(workers)
-            ),
-        }
-    }
-
-    /// Every recorded execution of `workflow_id`'s activities, in order.
-    fn effects(&self, workflow_id: &str) -> Vec<Effect> {
-        self.effects_where(&format!("workflow_id = {}", lit(workflow_id)))
-    }
-
-    fn effects_where(&self, condition: &str) -> Vec<Effect> {
-        let json = self
-            .db
-            .query_scalar(&format!(
-                "SELECT coalesce(json_agg(row_to_json(e) ORDER BY e.id), '[]')::text FROM (
-                   SELECT id, workflow_id, activity, attempt, worker, detail, outcome,
-                          extract(epoch FROM started_at) * 1000 AS started_ms,
-                          extract(epoch FROM finished_at) * 1000 AS finished_ms
-                     FROM recovery_effects WHERE {condition}) e"
-            ))
-            .expect("effects query")
-            .expect("json");
-        serde_json::from_str(&json).expect("effects decode")
-    }
-
-    /// The runs of `workflow_id` (first run `id`, later runs `id--r<n>`).
-    fn runs(&self, workflow_id: &str) -> Vec<RunRow> {
-        let json = self
-            .db
-            .query_scalar(&format!(
-                "SELECT coalesce(json_agg(json_build_object(
-                            'run_id', workflow_uuid, 'status', status)
-                          ORDER BY created_at), '[]')::text
-                   FROM {SCHEMA}.workflow_status
-                  WHERE workflow_uuid = {id} OR starts_with(workflow_uuid, {id} || '--r')",
-                id = lit(workflow_id)
-            ))
-            .expect("status query")
-            .expect("json");
-        serde_json::from_str(&json).expect("runs decode")
-    }
-
-    /// Asserts `workflow_id` has exactly one run and that it succeeded.
-    fn assert_one_successful_run(&self, workflow_id: &str) {
-        let runs = self.runs(workflow_id);
-        assert_eq!(
-            runs.len(),
-            1,
-            "{workflow_id}: expected exactly one run, found {runs:?}"
-        );
-        assert_eq!(
-            runs[0].status, "SUCCESS",
-            "{workflow_id}: the run did not end in SUCCESS: {runs:?}"
-        );
-        assert_eq!(runs[0].run_id, workflow_id);
-    }
-
-    /// Polls `probe` every [`POLL`] until it returns `Some`, or panics after `timeout`.
-    fn wait_for<T>(
+    /// The [`RecoveryWorkflow`] result of `id` through the client API (`get_result`), within
+    /// `timeout`.
+    fn plan_result(
         &self,
-        what: &str,
+        id: &str,
         timeout: Duration,
-        workers: &[&ManagedProcess],
-        mut probe: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = probe() {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                describe(workers)
-            );
-            std::thread::sleep(POLL);
-        }
+        workers: &[&conformance_tests::ManagedProcess],
+    ) -> String {
+        let handle = self.client.get_workflow_handle::<RecoveryWorkflow>(id);
+        self.result(&handle, timeout, workers)
     }
-}
-
-fn wait_ready(worker: &mut ManagedProcess) {
-    worker
-        .wait_for_line_containing("WORKER READY", WORKER_START)
-        .expect("worker ready");
-}
-
-fn describe(workers: &[&ManagedProcess]) -> String {
-    workers.iter().map(|w| w.describe()).collect()
-}
-
-/// Executions of `activity` among `effects`.
-fn of<'a>(effects: &'a [Effect], activity: &str) -> Vec<&'a Effect> {
-    effects.iter().filter(|e| e.activity == activity).collect()
-}
-
-/// Asserts `activity` ran exactly once, to completion.
-fn assert_ran_once(effects: &[Effect], activity: &str) {
-    let runs = of(effects, activity);
-    assert_eq!(
-        runs.len(),
-        1,
-        "{activity} must run exactly once; executions: {runs:#?}"
-    );
-    assert_eq!(
-        runs[0].outcome.as_deref(),
-        Some("finished"),
-        "{activity} did not finish: {runs:#?}"
-    );
-}
-
-/// Asserts `activity` — in flight when its worker was killed — ran exactly twice: the killed
-/// execution (never finished) and one re-execution that finished, with a consistent attempt
-/// number (not lower than the killed one's).
-fn assert_in_flight_reran_once(effects: &[Effect], activity: &str) {
-    let runs = of(effects, activity);
-    assert_eq!(
-        runs.len(),
-        2,
-        "{activity} was in flight at the kill: it must run exactly twice (killed + re-run); \
-         executions: {runs:#?}"
-    );
-    assert_eq!(
-        runs[0].outcome, None,
-        "the killed execution cannot have ended: {runs:#?}"
-    );
-    assert_eq!(
-        runs[1].outcome.as_deref(),
-        Some("finished"),
-        "the re-execution must finish: {runs:#?}"
-    );
-    assert!(
-        runs[1].attempt >= runs[0].attempt,
-        "attempt numbers went backwards: {runs:#?}"
-    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -328,8 +74,8 @@ fn assert_in_flight_reran_once(effects: &[Effect], activity: &str) {
 
 #[test]
 fn kill_while_activity_runs() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("activity runs");
+    let _serial = serial();
+    let s = Scenario::new_recovery("activity runs");
     let mut worker = s.worker("worker", Some("worker-1"));
     let plan = Plan {
         steps: vec![
@@ -347,7 +93,7 @@ fn kill_while_activity_runs() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let result = s.result("wf-1", FINISH, &[&worker]);
+    let result = s.plan_result("wf-1", FINISH, &[&worker]);
     let effects = s.effects("wf-1");
     let b = of(&effects, "b");
     let b_attempt = b.last().map(|e| e.attempt).unwrap_or_default();
@@ -365,8 +111,8 @@ fn kill_while_activity_runs() {
 /// once (it sees that the predecessor's pid is gone), without waiting for the 10 s lease.
 #[test]
 fn kill_while_activity_runs_restart_with_new_identity() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("new identity");
+    let _serial = serial();
+    let s = Scenario::new_recovery("new identity");
     let mut worker = s.worker("worker", None);
     let plan = Plan {
         steps: vec![
@@ -385,7 +131,7 @@ fn kill_while_activity_runs_restart_with_new_identity() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let result = s.result("wf-1b", TAKEOVER, &[&worker]);
+    let result = s.plan_result("wf-1b", TAKEOVER, &[&worker]);
     let effects = s.effects("wf-1b");
     let b = of(&effects, "b");
     let b_attempt = b.last().map(|e| e.attempt).unwrap_or_default();
@@ -414,8 +160,8 @@ fn kill_while_activity_runs_restart_with_new_identity() {
 
 #[test]
 fn kill_between_activities() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("between activities");
+    let _serial = serial();
+    let s = Scenario::new_recovery("between activities");
     let mut worker = s.worker("worker", Some("worker-2"));
     // The timer holds the run between `a` (completed) and `b` (not started) for 2 s.
     let plan = Plan {
@@ -439,7 +185,10 @@ fn kill_between_activities() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    assert_eq!(s.result("wf-2", FINISH, &[&worker]), "a#1,timer2000,b#1");
+    assert_eq!(
+        s.plan_result("wf-2", FINISH, &[&worker]),
+        "a#1,timer2000,b#1"
+    );
     let effects = s.effects("wf-2");
     assert_ran_once(&effects, "a");
     assert_ran_once(&effects, "b");
@@ -453,10 +202,10 @@ fn kill_between_activities() {
 
 #[test]
 fn kill_during_durable_timer_waits_only_the_remainder() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     const TIMER_MS: f64 = 3_000.0;
     const TOLERANCE_MS: f64 = 1_000.0;
-    let s = Scenario::new("durable timer");
+    let s = Scenario::new_recovery("durable timer");
     let mut worker = s.worker("worker", Some("worker-3"));
     let plan = Plan {
         steps: vec![
@@ -478,7 +227,10 @@ fn kill_during_durable_timer_waits_only_the_remainder() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    assert_eq!(s.result("wf-3", FINISH, &[&worker]), "a#1,timer3000,b#1");
+    assert_eq!(
+        s.plan_result("wf-3", FINISH, &[&worker]),
+        "a#1,timer3000,b#1"
+    );
     let effects = s.effects("wf-3");
     assert_ran_once(&effects, "a");
     assert_ran_once(&effects, "b");
@@ -522,7 +274,7 @@ fn flaky_plan() -> Plan {
 /// Runs the retry scenario: kill 300 ms into the 3 s backoff after attempt 1 failed, restart at
 /// once. Returns the effects of the run after checking the exactly-once outcome.
 fn run_kill_during_backoff(label: &str, id: &str) -> Vec<Effect> {
-    let s = Scenario::new(label);
+    let s = Scenario::new_recovery(label);
     let mut worker = s.worker("worker", Some("worker-4"));
     s.start(&flaky_plan(), &[id]);
     worker
@@ -538,7 +290,7 @@ fn run_kill_during_backoff(label: &str, id: &str) -> Vec<Effect> {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    assert_eq!(s.result(id, FINISH, &[&worker]), "flaky#2,after#1");
+    assert_eq!(s.plan_result(id, FINISH, &[&worker]), "flaky#2,after#1");
     let effects = s.effects(id);
     assert_ran_once(&effects, "after");
     s.assert_one_successful_run(id);
@@ -548,7 +300,7 @@ fn run_kill_during_backoff(label: &str, id: &str) -> Vec<Effect> {
 
 #[test]
 fn kill_during_retry_backoff_continues_the_attempt_count() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let effects = run_kill_during_backoff("retry backoff", "wf-4");
     let flaky = of(&effects, "flaky");
     let attempts: Vec<(i32, Option<&str>)> = flaky
@@ -569,7 +321,7 @@ fn kill_during_retry_backoff_continues_the_attempt_count() {
 /// table updated).
 #[test]
 fn retry_backoff_is_not_waited_out_after_a_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let effects = run_kill_during_backoff("retry backoff cut", "wf-4b");
     let flaky = of(&effects, "flaky");
     let failed_at = flaky[0].finished_ms.expect("attempt 1 ended");
@@ -594,8 +346,8 @@ fn retry_backoff_is_not_waited_out_after_a_restart() {
 
 #[test]
 fn start_while_worker_is_down() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("start while down");
+    let _serial = serial();
+    let s = Scenario::new_recovery("start while down");
     let plan = Plan {
         steps: vec![Step::Work(Work::quick("a")), Step::Work(Work::quick("b"))],
     };
@@ -611,7 +363,7 @@ fn start_while_worker_is_down() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    assert_eq!(s.result("wf-5a", FINISH, &[&worker]), "a#1,b#1");
+    assert_eq!(s.plan_result("wf-5a", FINISH, &[&worker]), "a#1,b#1");
     let effects = s.effects("wf-5a");
     let a = of(&effects, "a");
     assert!(
@@ -625,8 +377,8 @@ fn start_while_worker_is_down() {
 
 #[test]
 fn kill_right_after_start() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("right after start");
+    let _serial = serial();
+    let s = Scenario::new_recovery("right after start");
     let mut worker = s.worker("worker", Some("worker-5b"));
     let plan = Plan {
         steps: vec![
@@ -645,7 +397,7 @@ fn kill_right_after_start() {
     wait_ready(&mut worker);
 
     for id in ids {
-        assert_eq!(s.result(id, FINISH, &[&worker]), "a#1,b#1,c#1", "{id}");
+        assert_eq!(s.plan_result(id, FINISH, &[&worker]), "a#1,b#1,c#1", "{id}");
         let effects = s.effects(id);
         let mut reruns = 0;
         for activity in ["a", "b", "c"] {
@@ -672,9 +424,9 @@ fn kill_right_after_start() {
 
 #[test]
 fn surviving_worker_takes_over_a_killed_workers_runs() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     const RUNS: usize = 20;
-    let s = Scenario::new("two workers");
+    let s = Scenario::new_recovery("two workers");
     let mut a = s.worker("worker-a", Some("worker-a"));
     let mut b = s.worker("worker-b", Some("worker-b"));
     let plan = Plan {
@@ -725,7 +477,7 @@ fn surviving_worker_takes_over_a_killed_workers_runs() {
 
     let mut results = Vec::with_capacity(RUNS);
     for id in &ids {
-        results.push(s.result(id, TAKEOVER, &[&*victim, &*survivor]));
+        results.push(s.plan_result(id, TAKEOVER, &[&*victim, &*survivor]));
     }
     eprintln!(
         "two workers: all {RUNS} runs done {:?} after the kill",
@@ -771,7 +523,7 @@ fn run_heartbeat_kill(label: &str, id: &str, before: bool) {
 /// [`run_heartbeat_kill`], optionally with a durable timer of `timer_ms` alongside `hb` (it
 /// fires, and its activation is recorded, while `hb` runs).
 fn run_heartbeat_kill_with(label: &str, id: &str, before: bool, timer_ms: Option<u64>) {
-    let s = Scenario::new(label);
+    let s = Scenario::new_recovery(label);
     let mut worker = s.worker("worker", Some("worker-7"));
     let mut steps = Vec::new();
     if before {
@@ -805,7 +557,7 @@ fn run_heartbeat_kill_with(label: &str, id: &str, before: bool, timer_ms: Option
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let result = s.result(id, FINISH, &[&worker]);
+    let result = s.plan_result(id, FINISH, &[&worker]);
     let effects = s.effects(id);
     assert_in_flight_reran_once(&effects, "hb");
     let hb = of(&effects, "hb");
@@ -832,7 +584,7 @@ fn run_heartbeat_kill_with(label: &str, id: &str, before: bool, timer_ms: Option
 
 #[test]
 fn heartbeat_details_survive_a_kill() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     run_heartbeat_kill("heartbeat", "wf-7", true);
 }
 
@@ -841,13 +593,13 @@ fn heartbeat_details_survive_a_kill() {
 /// activation.
 #[test]
 fn heartbeat_details_survive_a_kill_after_a_later_activation() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     run_heartbeat_kill_with("heartbeat later activation", "wf-7c", true, Some(300));
 }
 
 #[test]
 fn heartbeat_details_survive_a_kill_in_the_first_activation() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     run_heartbeat_kill("heartbeat first", "wf-7b", false);
 }
 
@@ -875,8 +627,8 @@ fn stored_heartbeat(s: &Scenario, run_id: &str) -> Option<u32> {
 /// `maximum_attempts`. Heartbeat details and the attempt count of earlier failures do carry over.
 #[test]
 fn attempt_killed_in_flight_is_not_counted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("attempt after crash");
+    let _serial = serial();
+    let s = Scenario::new_recovery("attempt after crash");
     let mut worker = s.worker("worker", Some("worker-8"));
     let plan = Plan {
         steps: vec![Step::Work(Work::gated("held", "held"))],
@@ -889,7 +641,7 @@ fn attempt_killed_in_flight_is_not_counted() {
     s.open_gate("held");
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
-    let result = s.result("wf-8", FINISH, &[&worker]);
+    let result = s.plan_result("wf-8", FINISH, &[&worker]);
     let effects = s.effects("wf-8");
     assert_in_flight_reran_once(&effects, "held");
     assert_eq!(

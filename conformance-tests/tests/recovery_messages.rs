@@ -3,7 +3,8 @@
 //! be applied exactly once, an update accepted before a kill must complete after the restart
 //! (and the client waiting on it across the kill must get its value), and queries must cross
 //! processes (a closed run answered by a worker process; no worker: a timeout within the
-//! deadline).
+//! deadline) and kills (a query not yet claimed is answered by the restarted worker; one claimed
+//! by the killed worker is lost, a documented deviation).
 //!
 //! The workflow is [`MessageWorkflow`] (a mailbox of `u64`s filled by the `add` signal and the
 //! `gated_put` update, read by the `items` query, closed by `finish`); activities record their
@@ -14,108 +15,27 @@
 //! `DBOSIFY_TEST_DATABASE_URL=$(scripts/pg.sh url) cargo test -p conformance-tests --test recovery_messages`.
 //! Logs of every process are under `target/conformance/logs/recovery/<database name>/`.
 
-use std::path::PathBuf;
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conformance_tests::paths::logs_dir;
-use conformance_tests::recovery::{CREATE_EFFECTS_TABLE, MessageWorkflow, TASK_QUEUE, Work};
-use conformance_tests::{ManagedProcess, ProcessSpec, TestDatabase};
-use serde::Deserialize;
+use common::{FINISH, MARKER, POLL, SCHEMA, Scenario, describe, lit, of, serial, wait_ready};
+use conformance_tests::ManagedProcess;
+use conformance_tests::recovery::{MessageWorkflow, TASK_QUEUE, Work};
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, RpcOptions, WorkflowExecuteUpdateOptions,
-    WorkflowGetResultOptions, WorkflowHandle, WorkflowQueryError, WorkflowQueryOptions,
-    WorkflowSignalOptions, WorkflowStartOptions, WorkflowStartUpdateOptions,
+    Client, RpcOptions, WorkflowExecuteUpdateOptions, WorkflowHandle, WorkflowQueryError,
+    WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions, WorkflowStartUpdateOptions,
 };
-
-/// How long a worker may take to start.
-const WORKER_START: Duration = Duration::from_secs(30);
-/// How long a marker line may take to appear once the run can reach it.
-const MARKER: Duration = Duration::from_secs(30);
-/// How long a run (or an update) may take to finish after the last restart.
-const FINISH: Duration = Duration::from_secs(30);
-/// Polling interval of queries and database probes.
-const POLL: Duration = Duration::from_millis(50);
-
-/// One scenario at a time (two CPUs shared by workers, Postgres and the compiler).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One activity execution, as recorded in the effects table.
-#[derive(Debug, Clone, Deserialize)]
-struct Effect {
-    activity: String,
-    attempt: i32,
-    outcome: Option<String>,
-}
-
-/// A test's database, log directory, client and helpers.
-struct Scenario {
-    db: TestDatabase,
-    dir: PathBuf,
-    rt: tokio::runtime::Runtime,
-    client: Client,
-}
-
-fn lit(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
 
 type Handle = WorkflowHandle<Client, MessageWorkflow>;
 
+/// The helpers of this file's scenarios: [`MessageWorkflow`] runs started, signalled and
+/// queried by the test process.
 impl Scenario {
-    fn new(label: &str) -> Self {
-        let db =
-            TestDatabase::create(&format!("recovery messages {label}")).expect("test database");
-        db.execute(CREATE_EFFECTS_TABLE)
-            .expect("effects table created");
-        let dir = logs_dir().join("recovery").join(db.name());
-        std::fs::create_dir_all(&dir).expect("log directory");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let url = url::Url::parse(db.url()).expect("database URL");
-        let client = rt
-            .block_on(async {
-                let connection = Connection::connect(ConnectionOptions::new(url).build()).await?;
-                Ok::<_, Box<dyn std::error::Error>>(Client::new(
-                    connection,
-                    ClientOptions::new("default").build(),
-                )?)
-            })
-            .expect("client connects");
-        eprintln!(
-            "recovery messages {label}: database {}, logs {}",
-            db.name(),
-            dir.display()
-        );
-        Self {
-            db,
-            dir,
-            rt,
-            client,
-        }
-    }
-
-    fn spec(&self, program: &str, label: &str) -> ProcessSpec {
-        ProcessSpec::new(program, &self.dir, label)
-            .env("TEMPORAL_ADDRESS", self.db.url())
-            .env_remove("DBOS_SYSTEM_DATABASE_URL")
-            .env_remove("TEMPORAL_NAMESPACE")
-            .env_remove("TEMPORAL_PROFILE")
-            .env_remove("TEMPORAL_CONFIG_FILE")
-    }
-
-    /// Starts a worker with a fixed identity and waits until it is about to run.
-    fn worker(&self, label: &str, identity: &str) -> ManagedProcess {
-        let spec = self
-            .spec(env!("CARGO_BIN_EXE_recovery_worker"), label)
-            .args(["--identity", identity]);
-        let mut worker = ManagedProcess::spawn(spec).expect("worker spawned");
-        wait_ready(&mut worker);
-        worker
+    fn new_messages(label: &str) -> Self {
+        Self::new(&format!("recovery messages {label}"))
     }
 
     /// Starts a [`MessageWorkflow`] run executing `first`, through the client.
@@ -128,10 +48,6 @@ impl Scenario {
             ))
             .expect("workflow started");
         self.client.get_workflow_handle::<MessageWorkflow>(id)
-    }
-
-    fn open_gate(&self, gate: &str) {
-        std::fs::write(self.dir.join(format!("gate-{gate}")), b"open").expect("gate file");
     }
 
     fn signal_add(&self, handle: &Handle, v: u64) {
@@ -203,50 +119,6 @@ impl Scenario {
             std::thread::sleep(POLL);
         }
     }
-
-    /// The run's result through `get_result`, within [`FINISH`].
-    fn result(&self, handle: &Handle, workers: &[&ManagedProcess]) -> Vec<u64> {
-        let outcome = self.rt.block_on(async {
-            tokio::time::timeout(
-                FINISH,
-                handle.get_result(WorkflowGetResultOptions::default()),
-            )
-            .await
-        });
-        match outcome {
-            Ok(Ok(value)) => value,
-            Ok(Err(e)) => panic!("the run failed: {e}\n{}", describe(workers)),
-            Err(_) => panic!("no result within {FINISH:?}\n{}", describe(workers)),
-        }
-    }
-
-    fn effects(&self, workflow_id: &str) -> Vec<Effect> {
-        let json = self
-            .db
-            .query_scalar(&format!(
-                "SELECT coalesce(json_agg(row_to_json(e) ORDER BY e.id), '[]')::text FROM (
-                   SELECT id, activity, attempt, outcome
-                     FROM recovery_effects WHERE workflow_id = {}) e",
-                lit(workflow_id)
-            ))
-            .expect("effects query")
-            .expect("json");
-        serde_json::from_str(&json).expect("effects decode")
-    }
-
-    /// Asserts `workflow_id` has exactly one run, in SUCCESS.
-    fn assert_one_successful_run(&self, workflow_id: &str) {
-        let statuses = self
-            .db
-            .query_scalar(&format!(
-                "SELECT string_agg(status, ',' ORDER BY created_at)
-                   FROM dbosify_default.workflow_status
-                  WHERE workflow_uuid = {id} OR starts_with(workflow_uuid, {id} || '--r')",
-                id = lit(workflow_id)
-            ))
-            .expect("status query");
-        assert_eq!(statuses.as_deref(), Some("SUCCESS"), "{workflow_id}");
-    }
 }
 
 fn query_options(timeout: Duration) -> WorkflowQueryOptions {
@@ -255,31 +127,16 @@ fn query_options(timeout: Duration) -> WorkflowQueryOptions {
         .build()
 }
 
-fn wait_ready(worker: &mut ManagedProcess) {
-    worker
-        .wait_for_line_containing("WORKER READY", WORKER_START)
-        .expect("worker ready");
-}
-
-fn describe(workers: &[&ManagedProcess]) -> String {
-    workers.iter().map(|w| w.describe()).collect()
-}
-
-/// Executions of `activity` among `effects`.
-fn of<'a>(effects: &'a [Effect], activity: &str) -> Vec<&'a Effect> {
-    effects.iter().filter(|e| e.activity == activity).collect()
-}
-
 // ------------------------------------------------------------------------------------------
 // 1. A signal sent while the worker is down.
 // ------------------------------------------------------------------------------------------
 
 #[test]
 fn signal_sent_while_worker_is_down_is_applied_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("signal while down");
+    let _serial = serial();
+    let s = Scenario::new_messages("signal while down");
     let id = "msg-1";
-    let mut worker = s.worker("worker", "msg-worker-1");
+    let mut worker = s.worker("worker", Some("msg-worker-1"));
     let handle = s.start(id, vec![Work::quick("first")]);
     worker
         .wait_for_line_containing(&format!("EFFECT {id} first attempt=1 finished"), MARKER)
@@ -307,8 +164,8 @@ fn signal_sent_while_worker_is_down_is_applied_once() {
     assert_eq!(s.wait_items(&fresh, 1, FINISH, &[&worker]), vec![9]);
     s.finish(&handle);
     s.finish(&fresh);
-    assert_eq!(s.result(&handle, &[&worker]), vec![1, 7, 8]);
-    assert_eq!(s.result(&fresh, &[&worker]), vec![9]);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![1, 7, 8]);
+    assert_eq!(s.result(&fresh, FINISH, &[&worker]), vec![9]);
     s.assert_one_successful_run("msg-1-fresh");
     let effects = s.effects(id);
     assert_eq!(of(&effects, "first").len(), 1, "{effects:#?}");
@@ -322,10 +179,10 @@ fn signal_sent_while_worker_is_down_is_applied_once() {
 
 #[test]
 fn update_in_flight_at_a_kill_completes_after_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("update across kill");
+    let _serial = serial();
+    let s = Scenario::new_messages("update across kill");
     let id = "msg-2";
-    let mut worker = s.worker("worker", "msg-worker-2");
+    let mut worker = s.worker("worker", Some("msg-worker-2"));
     let handle = s.start(id, Vec::new());
     // The client waits on the update across the kill (a task of the test's runtime).
     let waiting = {
@@ -377,18 +234,7 @@ fn update_in_flight_at_a_kill_completes_after_restart() {
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
 
-    let outcome =
-        s.rt.block_on(async { tokio::time::timeout(FINISH, waiting).await });
-    let value = match outcome {
-        Ok(Ok(Ok(value))) => value,
-        Ok(Ok(Err(e))) => panic!("the update failed: {e:?}\n{}", describe(&[&worker])),
-        Ok(Err(e)) => panic!("the waiting task failed: {e}"),
-        Err(_) => panic!(
-            "execute_update gave no value within {FINISH:?} of the restart\neffects: {:#?}\n{}",
-            s.effects(id),
-            describe(&[&worker])
-        ),
-    };
+    let value = s.await_call("execute_update", waiting, FINISH, id, &[&worker]);
     let second_value =
         s.rt.block_on(async {
             tokio::time::timeout(FINISH, second.get_result(RpcOptions::default())).await
@@ -419,7 +265,7 @@ fn update_in_flight_at_a_kill_completes_after_restart() {
     let mut items = s.items(&handle).expect("query");
     s.finish(&handle);
     assert_eq!(
-        s.result(&handle, &[&worker]),
+        s.result(&handle, FINISH, &[&worker]),
         items,
         "result and query agree"
     );
@@ -438,13 +284,13 @@ fn update_in_flight_at_a_kill_completes_after_restart() {
 
 #[test]
 fn signal_burst_across_a_kill_is_applied_exactly_once_in_one_order() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     const SENDERS: u64 = 4;
     const PER_SENDER: u64 = 50;
     const TOTAL: usize = (SENDERS * PER_SENDER) as usize;
-    let s = Scenario::new("signal burst");
+    let s = Scenario::new_messages("signal burst");
     let id = "msg-3";
-    let mut worker = s.worker("worker", "msg-worker-3");
+    let mut worker = s.worker("worker", Some("msg-worker-3"));
     let handle = s.start(id, vec![Work::quick("first")]);
     worker
         .wait_for_line_containing(&format!("EFFECT {id} first attempt=1 finished"), MARKER)
@@ -533,7 +379,7 @@ fn signal_burst_across_a_kill_is_applied_exactly_once_in_one_order() {
     assert_eq!(s.items(&handle).expect("query"), items);
     s.finish(&handle);
     assert_eq!(
-        s.result(&handle, &[&worker]),
+        s.result(&handle, FINISH, &[&worker]),
         items,
         "result and query agree"
     );
@@ -548,19 +394,19 @@ fn signal_burst_across_a_kill_is_applied_exactly_once_in_one_order() {
 
 #[test]
 fn query_on_a_closed_run_is_answered_by_a_worker_process() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("closed run query");
+    let _serial = serial();
+    let s = Scenario::new_messages("closed run query");
     let id = "msg-4";
-    let mut worker = s.worker("worker", "msg-worker-4");
+    let mut worker = s.worker("worker", Some("msg-worker-4"));
     let handle = s.start(id, vec![Work::quick("first")]);
     s.signal_add(&handle, 3);
     s.signal_add(&handle, 5);
     s.finish(&handle);
-    assert_eq!(s.result(&handle, &[&worker]), vec![3, 5]);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![3, 5]);
     // The run is closed; the worker that ran it is gone. A new worker process (another
     // identity) answers by replaying the run.
     worker.kill().expect("killed");
-    let other = s.worker("other", "msg-worker-4-other");
+    let other = s.worker("other", Some("msg-worker-4-other"));
     let t0 = Instant::now();
     let answer = s.rt.block_on(handle.query(
         MessageWorkflow::items,
@@ -600,8 +446,8 @@ fn query_on_a_closed_run_is_answered_by_a_worker_process() {
 
 #[test]
 fn query_without_worker_fails_with_deadline_exceeded() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Scenario::new("query without worker");
+    let _serial = serial();
+    let s = Scenario::new_messages("query without worker");
     let handle = s.start("msg-5", Vec::new());
     let timeout = Duration::from_millis(800);
     let t0 = Instant::now();
@@ -628,4 +474,140 @@ fn query_without_worker_fails_with_deadline_exceeded() {
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. A query pending while the worker holding the run is frozen, then killed and restarted.
+// ------------------------------------------------------------------------------------------
+
+/// The worker holding the run is frozen (SIGSTOP) before a query is sent, so it cannot claim
+/// it; it is SIGKILLed and restarted while the client waits: the restarted worker recovers the
+/// run, finds the request still in the run's query topic and answers it within the client's
+/// timeout.
+#[test]
+fn query_pending_at_a_kill_is_answered_after_restart() {
+    let _serial = serial();
+    let s = Scenario::new_messages("query across kill");
+    let id = "msg-6";
+    let mut worker = s.worker("worker", Some("msg-worker-6"));
+    let handle = s.start(id, Vec::new());
+    s.signal_add(&handle, 6);
+    assert_eq!(s.wait_items(&handle, 1, MARKER, &[&worker]), vec![6]);
+    worker.freeze().expect("frozen");
+    let pending = {
+        let handle = handle.clone();
+        s.rt.spawn(async move {
+            handle
+                .query(MessageWorkflow::items, (), query_options(FINISH))
+                .await
+        })
+    };
+    // White-box: kill once the request is stored (the frozen worker cannot take it).
+    s.wait_for("the query request to be stored", MARKER, &[&worker], || {
+        (pending_queries(&s, id) == 1).then_some(())
+    });
+    worker.kill().expect("killed");
+    let killed_at = Instant::now();
+    worker.restart().expect("restarted");
+    wait_ready(&mut worker);
+
+    let answer = s
+        .rt
+        .block_on(pending)
+        .expect("the query task")
+        .unwrap_or_else(|e| panic!("the pending query failed: {e:?}\n{}", describe(&[&worker])));
+    eprintln!(
+        "query across kill: answered {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(answer, vec![6]);
+    assert_eq!(pending_queries(&s, id), 0, "nothing about the query stays");
+    s.finish(&handle);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![6]);
+    s.assert_one_successful_run(id);
+    worker.check_no_panic().expect("no panic");
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. A query claimed by the worker holding the run, which is killed before it answers.
+// ------------------------------------------------------------------------------------------
+
+/// A documented deviation (COMPATIBILITY.md): the worker holding the run claims a query (the
+/// request leaves the run's query topic) and is SIGKILLed while the query handler runs; the
+/// restarted worker recovers the run but the request is gone, so the client's query fails with
+/// `DeadlineExceeded` at its timeout (Temporal's server would hand the query to the next
+/// worker). The run itself is unharmed.
+#[test]
+fn query_claimed_by_a_killed_worker_times_out() {
+    let _serial = serial();
+    let s = Scenario::new_messages("claimed query lost");
+    let id = "msg-7";
+    let mut worker = s.worker("worker", Some("msg-worker-7"));
+    let handle = s.start(id, Vec::new());
+    s.signal_add(&handle, 7);
+    assert_eq!(s.wait_items(&handle, 1, MARKER, &[&worker]), vec![7]);
+    let timeout = Duration::from_secs(8);
+    let t0 = Instant::now();
+    let pending = {
+        let handle = handle.clone();
+        s.rt.spawn(async move {
+            handle
+                .query(
+                    MessageWorkflow::held_items,
+                    "q".to_string(),
+                    query_options(timeout),
+                )
+                .await
+        })
+    };
+    // The handler runs (the request was claimed) and holds at its gate.
+    worker
+        .wait_for_line_containing("QUERY held_items gate=q started", MARKER)
+        .expect("the query handler started");
+    worker.kill().expect("killed");
+    s.open_gate("q");
+    worker.restart().expect("restarted");
+    wait_ready(&mut worker);
+    // The restarted worker holds the run again and answers new queries at once.
+    assert_eq!(s.wait_items(&handle, 1, FINISH, &[&worker]), vec![7]);
+
+    let outcome = s.rt.block_on(pending).expect("the query task");
+    let elapsed = t0.elapsed();
+    eprintln!("claimed query: {outcome:?} after {elapsed:?}");
+    match &outcome {
+        Err(WorkflowQueryError::Rpc(status)) => assert_eq!(
+            format!("{:?}", status.code()),
+            "DeadlineExceeded",
+            "{status}"
+        ),
+        other => panic!(
+            "the claimed query was expected to be lost (DeadlineExceeded at its {timeout:?} \
+             timeout): {other:?}; if it is now answered after the restart, update \
+             COMPATIBILITY.md and this test"
+        ),
+    }
+    assert!(
+        elapsed >= timeout,
+        "the query must fail at its timeout, not before: {elapsed:?}"
+    );
+    assert!(
+        !worker.stdout().contains("QUERY held_items gate=q started"),
+        "the restarted worker never saw the claimed query"
+    );
+    s.finish(&handle);
+    assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![7]);
+    s.assert_one_successful_run(id);
+    worker.check_no_panic().expect("no panic");
+}
+
+/// White-box: the unconsumed query requests stored for `run_id` (the run's query topic).
+fn pending_queries(s: &Scenario, run_id: &str) -> u64 {
+    s.db.query_scalar(&format!(
+        "SELECT count(*)::text FROM {SCHEMA}.notifications
+          WHERE destination_uuid = {} AND topic = '__temporal_query' AND NOT consumed",
+        lit(run_id)
+    ))
+    .expect("query requests")
+    .and_then(|n| n.parse().ok())
+    .unwrap_or_default()
 }

@@ -110,7 +110,7 @@ impl RecoveryActivities {
         detail: Option<String>,
     ) -> Result<i64, ActivityError> {
         let info = ctx.info();
-        let workflow_id = info.workflow_id.clone().unwrap_or_default();
+        let workflow_id = owner(ctx);
         let attempt = i32::try_from(info.attempt).unwrap_or(i32::MAX);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO recovery_effects (workflow_id, activity, attempt, worker, detail)
@@ -147,11 +147,10 @@ impl RecoveryActivities {
         .bind(outcome)
         .execute(&self.pool)
         .await?;
-        let info = ctx.info();
         marker(&format!(
             "EFFECT {} {name} attempt={} {outcome}",
-            info.workflow_id.as_deref().unwrap_or_default(),
-            info.attempt
+            owner(ctx),
+            ctx.info().attempt
         ));
         Ok(())
     }
@@ -167,6 +166,15 @@ impl RecoveryActivities {
         }
         Ok(())
     }
+}
+
+/// Whose execution this is in the effects table and marker lines: the workflow id, or for a
+/// standalone activity (no workflow) its activity id.
+fn owner(ctx: &ActivityContext) -> String {
+    let info = ctx.info();
+    info.workflow_id
+        .clone()
+        .unwrap_or_else(|| info.activity_id.clone())
 }
 
 /// Prints a marker line and flushes stdout (the test reads it from a file).
@@ -216,7 +224,7 @@ impl RecoveryActivities {
         let id = self
             .record_start(&ctx, &heartbeat.name, Some(from.to_string()))
             .await?;
-        let workflow_id = ctx.info().workflow_id.clone().unwrap_or_default();
+        let workflow_id = owner(&ctx);
         let attempt = ctx.info().attempt;
         let mut last = from;
         for step in from + 1..=heartbeat.steps {
@@ -285,6 +293,20 @@ impl MessageWorkflow {
     /// The values applied so far, in order.
     #[query]
     pub fn items(&self, _ctx: &WorkflowContextView) -> Vec<u64> {
+        self.items.clone()
+    }
+
+    /// The values applied so far, answered only once the file `gate-<gate>` exists in the
+    /// worker's working directory: prints `QUERY held_items gate=<gate> started` first, then
+    /// blocks the workflow thread while it waits (so a test can kill the worker while it holds
+    /// a query it has claimed and not answered).
+    #[query]
+    pub fn held_items(&self, _ctx: &WorkflowContextView, gate: String) -> Vec<u64> {
+        marker(&format!("QUERY held_items gate={gate} started"));
+        let path = PathBuf::from(format!("gate-{gate}"));
+        while !path.exists() {
+            std::thread::sleep(GATE_POLL);
+        }
         self.items.clone()
     }
 
