@@ -4,7 +4,7 @@
 //! (and the client waiting on it across the kill must get its value), and queries must cross
 //! processes (a closed run answered by a worker process; no worker: a timeout within the
 //! deadline) and kills (a query not yet claimed is answered by the restarted worker; one claimed
-//! by the killed worker is lost, a documented deviation).
+//! by the killed worker is sent again by the waiting client and answered by the restarted one).
 //!
 //! The workflow is [`MessageWorkflow`] (a mailbox of `u64`s filled by the `add` signal and the
 //! `gated_put` update, read by the `items` query, closed by `finish`); activities record their
@@ -532,22 +532,20 @@ fn query_pending_at_a_kill_is_answered_after_restart() {
 // 7. A query claimed by the worker holding the run, which is killed before it answers.
 // ------------------------------------------------------------------------------------------
 
-/// A documented deviation (COMPATIBILITY.md): the worker holding the run claims a query (the
-/// request leaves the run's query topic) and is SIGKILLed while the query handler runs; the
-/// restarted worker recovers the run but the request is gone, so the client's query fails with
-/// `DeadlineExceeded` at its timeout (Temporal's server would hand the query to the next
-/// worker). The run itself is unharmed.
+/// The worker holding the run claims a query (the request leaves the run's query topic) and is
+/// SIGKILLed while the query handler runs. The client, still waiting, sees the run recovered
+/// and sends the request again: the restarted worker answers it within the query's timeout, as
+/// Temporal's server would hand the query to the next worker. The run itself is unharmed.
 #[test]
-fn query_claimed_by_a_killed_worker_times_out() {
+fn query_claimed_by_a_killed_worker_is_answered_after_restart() {
     let _serial = serial();
-    let s = Scenario::new_messages("claimed query lost");
+    let s = Scenario::new_messages("claimed query across a kill");
     let id = "msg-7";
     let mut worker = s.worker("worker", Some("msg-worker-7"));
     let handle = s.start(id, Vec::new());
     s.signal_add(&handle, 7);
     assert_eq!(s.wait_items(&handle, 1, MARKER, &[&worker]), vec![7]);
-    let timeout = Duration::from_secs(8);
-    let t0 = Instant::now();
+    let timeout = Duration::from_secs(30);
     let pending = {
         let handle = handle.clone();
         s.rt.spawn(async move {
@@ -565,35 +563,25 @@ fn query_claimed_by_a_killed_worker_times_out() {
         .wait_for_line_containing("QUERY held_items gate=q started", MARKER)
         .expect("the query handler started");
     worker.kill().expect("killed");
+    let killed_at = Instant::now();
     s.open_gate("q");
     worker.restart().expect("restarted");
     wait_ready(&mut worker);
-    // The restarted worker holds the run again and answers new queries at once.
-    assert_eq!(s.wait_items(&handle, 1, FINISH, &[&worker]), vec![7]);
 
     let outcome = s.rt.block_on(pending).expect("the query task");
-    let elapsed = t0.elapsed();
-    eprintln!("claimed query: {outcome:?} after {elapsed:?}");
-    match &outcome {
-        Err(WorkflowQueryError::Rpc(status)) => assert_eq!(
-            format!("{:?}", status.code()),
-            "DeadlineExceeded",
-            "{status}"
-        ),
-        other => panic!(
-            "the claimed query was expected to be lost (DeadlineExceeded at its {timeout:?} \
-             timeout): {other:?}; if it is now answered after the restart, update \
-             COMPATIBILITY.md and this test"
-        ),
-    }
-    assert!(
-        elapsed >= timeout,
-        "the query must fail at its timeout, not before: {elapsed:?}"
+    eprintln!(
+        "claimed query: {outcome:?}, {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        outcome.expect("the query is answered after the restart"),
+        vec![7]
     );
     assert!(
-        !worker.stdout().contains("QUERY held_items gate=q started"),
-        "the restarted worker never saw the claimed query"
+        worker.stdout().contains("QUERY held_items gate=q started"),
+        "the restarted worker ran the query handler"
     );
+    assert_eq!(pending_queries(&s, id), 0, "nothing about the query stays");
     s.finish(&handle);
     assert_eq!(s.result(&handle, FINISH, &[&worker]), vec![7]);
     s.assert_one_successful_run(id);

@@ -47,6 +47,10 @@ use crate::{Client, NamespacedClient};
 /// How long a query waits for a worker's answer when `rpc_options.timeout` is unset.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a query on an open run that is still unanswered checks whether the run was
+/// recovered meanwhile (its worker died holding the request): then the request is sent again.
+const QUERY_RECHECK: Duration = Duration::from_secs(1);
+
 fn wf_ctx() -> SerializationContextData {
     SerializationContextData::Workflow(WorkflowSerializationContext::new())
 }
@@ -642,9 +646,11 @@ where
             payloads,
             headers: opts.header.map(|h| h.fields).unwrap_or_default(),
         };
-        let message_id = db
-            .send(&run, protocol::QUERY_TOPIC, &request.encode(), None)
-            .await?;
+        let request_text = request.encode();
+        let mut sent = vec![
+            db.send(&run, protocol::QUERY_TOPIC, &request_text, None)
+                .await?,
+        ];
         let wake_closed = || {
             db.notify(WakeKey::Queue(protocol::closed_run_query_wake(&task_queue)));
         };
@@ -657,14 +663,47 @@ where
         let key = protocol::query_answer_key(&query_id);
         let mut answer = None;
         if open {
-            match wait_event_or_close(&db, &run, &key, Some(timeout)).await? {
-                EventWait::Value(v) => answer = Some(v),
-                EventWait::Closed => {
-                    // Closed meanwhile: whoever claims the request answers it by replay.
-                    debug!(run = %run, "run closed while queried; asking its task queue");
-                    wake_closed();
+            let mut recoveries = status.recovery_attempts;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
                 }
-                EventWait::TimedOut => {}
+                match wait_event_or_close(&db, &run, &key, Some(left.min(QUERY_RECHECK))).await? {
+                    EventWait::Value(v) => {
+                        answer = Some(v);
+                        break;
+                    }
+                    EventWait::Closed => {
+                        // Closed meanwhile: whoever claims the request answers it by replay.
+                        debug!(run = %run, "run closed while queried; asking its task queue");
+                        wake_closed();
+                        break;
+                    }
+                    EventWait::TimedOut => {}
+                }
+                // A worker that claimed the request and then died took it with it: once the run
+                // has been recovered, a request no longer waiting in its inbox is sent again
+                // (same query id: any answer lands under the same key).
+                let Some(now) = db.status(&run).await? else {
+                    break;
+                };
+                if now.recovery_attempts > recoveries {
+                    recoveries = now.recovery_attempts;
+                    let last = sent.last().cloned().unwrap_or_default();
+                    let waiting = db
+                        .peek_messages(&run, Some(protocol::QUERY_TOPIC), 1000)
+                        .await?
+                        .iter()
+                        .any(|m| m.message_id == last);
+                    if !waiting {
+                        debug!(run = %run, query_id = %query_id, "run recovered while queried; sending the query again");
+                        sent.push(
+                            db.send(&run, protocol::QUERY_TOPIC, &request_text, None)
+                                .await?,
+                        );
+                    }
+                }
             }
         }
         if answer.is_none() {
@@ -674,10 +713,7 @@ where
         if answer.is_none() {
             // Withdraw the request so no worker answers it later (best effort: a worker may
             // already hold it; a late answer is removed below if it lands by then).
-            if let Err(e) = db
-                .consume_messages(&run, std::slice::from_ref(&message_id))
-                .await
-            {
+            if let Err(e) = db.consume_messages(&run, &sent).await {
                 debug!(run = %run, error = %e, "cannot withdraw a timed-out query");
             }
         }
