@@ -66,6 +66,19 @@ impl Sleeper {
 
 #[workflow]
 #[derive(Default)]
+struct AlwaysPanics;
+
+#[workflow_methods]
+impl AlwaysPanics {
+    /// Fails its workflow task on every activation.
+    #[run]
+    async fn run(_ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        panic!("this workflow task always fails");
+    }
+}
+
+#[workflow]
+#[derive(Default)]
 struct Looper;
 
 #[workflow_methods]
@@ -163,6 +176,8 @@ impl Setup {
             .register_workflow::<CronTick>()
             .unwrap()
             .register_workflow::<Parent>()
+            .unwrap()
+            .register_workflow::<AlwaysPanics>()
             .unwrap()
             .build();
         let mut worker = Worker::new(&runtime, self.client.clone(), options).unwrap();
@@ -413,6 +428,44 @@ async fn run_timeout_times_out_each_attempt_and_retries() {
         .await
         .unwrap();
     assert_eq!(d.status(), WorkflowExecutionStatus::TimedOut);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_workflow_task_times_out_at_the_deadline() {
+    let s = Setup::new(true).await;
+    let started = std::time::Instant::now();
+    let h = s
+        .client
+        .start_workflow(
+            AlwaysPanics::run,
+            (),
+            WorkflowStartOptions::new(TQ, "panics")
+                .run_timeout(Duration::from_secs(4))
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.get_result(result_opts(30)).await,
+        Err(WorkflowGetResultError::TimedOut)
+    ));
+    // The workflow-task retry backoff (1 s, 2 s, 4 s, ...) is cut short by the deadline: the
+    // third backoff alone would end 7 s after the start.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(3900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(5500), "{elapsed:?}");
+    let (run, a) = s.attrs("panics").await;
+    let deadline = run.created_at_ms + i64::try_from(a.run_timeout_ms.unwrap()).unwrap();
+    let closed = run.completed_at_ms.unwrap();
+    assert!(
+        closed >= deadline && closed - deadline < 1000,
+        "closed {} ms after the deadline",
+        closed - deadline
+    );
+    assert_eq!(
+        s.outcome("panics", 1).await,
+        TerminalOutcome::TimedOut { next_run_id: None }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

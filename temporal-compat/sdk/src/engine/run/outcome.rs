@@ -22,7 +22,8 @@ pub(super) enum Closing<'a> {
 
 impl Driver {
     /// Handles a workflow-task failure: the instance is dropped and the task retried (after a
-    /// backoff) by replay. Returns `true` when the run task should end.
+    /// backoff, cut short by the run's deadline) by replay. Returns `true` when the run task
+    /// should end.
     pub(super) async fn on_task_failure(&mut self, f: TaskFailure) -> bool {
         // An activation left for the completion's commit must be recorded now: replay reads it.
         if let Some(write) = self.unrecorded.take()
@@ -59,7 +60,12 @@ impl Driver {
         }
         self.task_failures += 1;
         let exp = self.task_failures.min(7);
-        let delay = Duration::from_millis(500u64 << exp).min(Duration::from_secs(60));
+        let mut delay = Duration::from_millis(500u64 << exp).min(Duration::from_secs(60));
+        // The run's deadline cuts the backoff short: the loop's top then closes it TIMED_OUT.
+        if let Some(d) = self.deadline() {
+            let left = u64::try_from(d.at_ms - dbos_core::now_ms()).unwrap_or(0);
+            delay = delay.min(Duration::from_millis(left));
+        }
         warn!(run_id = %self.run_id, error = %f, attempt = self.task_failures, ?delay,
               "workflow task failed; it will be retried");
         self.pause(delay).await
