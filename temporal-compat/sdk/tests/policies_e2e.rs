@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::Env;
 use temporal_compat::{
-    ApplicationFailure, ChildWorkflowOptions, ContinueAsNewOptions, ParentClosePolicy, Runtime,
-    Worker, WorkerOptions, WorkflowContext, WorkflowResult,
+    ApplicationFailure, ChildWorkflowExecutionError, ChildWorkflowOptions, ContinueAsNewOptions,
+    ParentClosePolicy, Runtime, Worker, WorkerOptions, WorkflowContext, WorkflowResult,
 };
 use temporal_compat_client::protocol::{self, RunAttributes, TerminalOutcome};
 use temporal_compat_client::{
@@ -137,6 +137,78 @@ impl Parent {
     }
 }
 
+#[workflow]
+#[derive(Default)]
+struct ChildRetryState;
+
+#[workflow_methods]
+impl ChildRetryState {
+    /// Runs one failing child as `case` says and returns the `RetryState` its failure carries.
+    #[run]
+    async fn run(ctx: &mut WorkflowContext<Self>, case: String) -> WorkflowResult<String> {
+        let id = format!("{}-child", ctx.workflow_id());
+        let opts = ChildWorkflowOptions::builder().workflow_id(id);
+        let result = match case.as_str() {
+            "no_policy" => {
+                ctx.start_child_workflow(Flaky::run, "always".to_string(), opts.build())
+                    .await?
+                    .result()
+                    .await
+            }
+            "two_attempts" => {
+                let opts = opts.retry_policy(retry(2)).build();
+                ctx.start_child_workflow(Flaky::run, "always".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "non_retryable" => {
+                let opts = opts.retry_policy(retry(5)).build();
+                ctx.start_child_workflow(Flaky::run, "non_retryable".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "typed" => {
+                let policy = RetryPolicy::builder()
+                    .initial_interval(Duration::from_millis(100))
+                    .non_retryable_error_types(["FatalError"])
+                    .build();
+                let opts = opts.retry_policy(policy).build();
+                ctx.start_child_workflow(Flaky::run, "typed".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "run_timeout" => {
+                let opts = opts.run_timeout(Duration::from_millis(300)).build();
+                ctx.start_child_workflow(Sleeper::run, 3600u64, opts)
+                    .await?
+                    .result()
+                    .await
+                    .map(|s| s as u32)
+            }
+            "execution_timeout" => {
+                let opts = opts
+                    .execution_timeout(Duration::from_millis(300))
+                    .retry_policy(retry(5))
+                    .build();
+                ctx.start_child_workflow(Sleeper::run, 3600u64, opts)
+                    .await?
+                    .result()
+                    .await
+                    .map(|s| s as u32)
+            }
+            other => return Ok(format!("unknown case {other}")),
+        };
+        Ok(match result {
+            Ok(v) => format!("completed {v}"),
+            Err(ChildWorkflowExecutionError::Failed(f)) => format!("{:?}", f.retry_state()),
+            Err(e) => format!("other error: {e}"),
+        })
+    }
+}
+
 struct Setup {
     env: Env,
     client: Client,
@@ -178,6 +250,8 @@ impl Setup {
             .register_workflow::<Parent>()
             .unwrap()
             .register_workflow::<AlwaysPanics>()
+            .unwrap()
+            .register_workflow::<ChildRetryState>()
             .unwrap()
             .build();
         let mut worker = Worker::new(&runtime, self.client.clone(), options).unwrap();
@@ -645,6 +719,39 @@ async fn cron_runs_on_schedule_and_get_result_follows_the_chain() {
         TerminalOutcome::from_status(&after).unwrap(),
         Some(TerminalOutcome::Terminated { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_child_tells_its_parent_why_it_was_not_retried() {
+    let s = Setup::new(true).await;
+    let cases = [
+        ("no_policy", "RetryPolicyNotSet"),
+        ("two_attempts", "MaximumAttemptsReached"),
+        ("non_retryable", "NonRetryableFailure"),
+        ("typed", "NonRetryableFailure"),
+        ("run_timeout", "RetryPolicyNotSet"),
+        ("execution_timeout", "Timeout"),
+    ];
+    let mut handles = Vec::new();
+    for (case, _) in cases {
+        let h = s
+            .client
+            .start_workflow(
+                ChildRetryState::run,
+                case.to_string(),
+                WorkflowStartOptions::new(TQ, format!("rs-{case}")).build(),
+            )
+            .await
+            .unwrap();
+        handles.push(h);
+    }
+    for ((case, expected), h) in cases.into_iter().zip(handles) {
+        let got = h.get_result(result_opts(30)).await.unwrap();
+        assert_eq!(got, expected, "{case}");
+    }
+    // The child with two attempts did run twice.
+    assert!(s.exists("rs-two_attempts-child--r1").await);
+    assert!(!s.exists("rs-two_attempts-child--r2").await);
 }
 
 /// Waits until `run` is closed; its outcome.

@@ -4,7 +4,8 @@
 //! by run id, so restarting the start after a crash is harmless); its retry policy, timeouts,
 //! cron schedule and parent close policy go into its attributes. A watcher awaits the child's
 //! chain (following continue-as-new, retries and cron runs) and reports its result as a
-//! resolution job.
+//! resolution job; a failed or timed-out chain carries the reason it was not retried (its
+//! `RetryState`).
 //! Signals and cancel requests to other workflows are inbox messages with idempotency keys
 //! derived from the sending run and the command's sequence number.
 
@@ -178,7 +179,7 @@ pub(crate) async fn watch_child(
     workflow_type: &str,
 ) -> Option<WorkflowActivationJob> {
     let mut run = first_run.to_string();
-    let outcome = loop {
+    let (outcome, retry_state) = loop {
         let status = tokio::select! {
             s = engine.db.await_outcome(&run, None) => s,
             _ = engine.halt.cancelled() => return None,
@@ -206,18 +207,22 @@ pub(crate) async fn watch_child(
                 };
                 match next {
                     Some(next) => run = next,
-                    None => break o,
+                    None => {
+                        let state = super::run::chain_end_retry_state(&status, &o);
+                        break (o, state);
+                    }
                 }
             }
             Ok(None) => continue,
             Err(e) => {
-                break TerminalOutcome::Failed {
+                let o = TerminalOutcome::Failed {
                     failure: Failure {
                         message: format!("the child's outcome cannot be read: {e}"),
                         ..Default::default()
                     },
                     next_run_id: None,
                 };
+                break (o, RetryState::NonRetryableFailure);
             }
         }
     };
@@ -251,7 +256,7 @@ pub(crate) async fn watch_child(
             child_workflow_result::Status::Failed(ChildFailure {
                 failure: Some(wrap(
                     failure,
-                    RetryState::NonRetryableFailure,
+                    retry_state,
                     "Child Workflow execution failed",
                 )),
             })
@@ -309,7 +314,7 @@ pub(crate) async fn watch_child(
             child_workflow_result::Status::Failed(ChildFailure {
                 failure: Some(wrap(
                     cause,
-                    RetryState::Timeout,
+                    retry_state,
                     "Child Workflow execution timed out",
                 )),
             })
