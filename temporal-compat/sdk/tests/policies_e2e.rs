@@ -209,6 +209,33 @@ impl ChildRetryState {
     }
 }
 
+#[workflow]
+#[derive(Default)]
+struct FireAndForget;
+
+#[workflow_methods]
+impl FireAndForget {
+    /// Starts `n` long-sleeping children (TERMINATE policy) without awaiting their starts, and
+    /// returns after a 1 ms timer: the parent closes while the starts are in flight.
+    #[run]
+    async fn run(ctx: &mut WorkflowContext<Self>, n: u32) -> WorkflowResult<()> {
+        let me = ctx.workflow_id().to_string();
+        let mut starts = Vec::new();
+        for i in 0..n {
+            let opts = ChildWorkflowOptions::builder()
+                .workflow_id(format!("{me}-{i}"))
+                .build();
+            let mut start = Box::pin(ctx.start_child_workflow(Sleeper::run, 3600u64, opts));
+            // Polled once, so the start command is issued; never awaited.
+            assert!(futures::FutureExt::now_or_never(&mut start).is_none());
+            starts.push(start);
+        }
+        // The starts are in flight when the parent completes, right after this short timer.
+        ctx.timer(Duration::from_millis(1)).await;
+        Ok(())
+    }
+}
+
 struct Setup {
     env: Env,
     client: Client,
@@ -252,6 +279,8 @@ impl Setup {
             .register_workflow::<AlwaysPanics>()
             .unwrap()
             .register_workflow::<ChildRetryState>()
+            .unwrap()
+            .register_workflow::<FireAndForget>()
             .unwrap()
             .build();
         let mut worker = Worker::new(&runtime, self.client.clone(), options).unwrap();
@@ -752,6 +781,56 @@ async fn failed_child_tells_its_parent_why_it_was_not_retried() {
     // The child with two attempts did run twice.
     assert!(s.exists("rs-two_attempts-child--r1").await);
     assert!(!s.exists("rs-two_attempts-child--r2").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_started_as_the_parent_closes_do_not_outlive_it() {
+    let s = Setup::new(true).await;
+    let mut created = 0;
+    for round in 0..5 {
+        let id = format!("ff{round}");
+        let h = s
+            .client
+            .start_workflow(
+                FireAndForget::run,
+                4,
+                WorkflowStartOptions::new(TQ, id.clone()).build(),
+            )
+            .await
+            .unwrap();
+        h.get_result(result_opts(30)).await.unwrap();
+        // The parent is closed: no child of it can be created any more. Each one that was
+        // created is terminated by the parent close policy (applied before and after the
+        // parent's close).
+        for i in 0..4 {
+            let child = format!("{id}-{i}");
+            if !s.exists(&child).await {
+                continue;
+            }
+            created += 1;
+            match closed(&s, &child).await {
+                TerminalOutcome::Terminated { reason, .. } => {
+                    assert!(reason.contains("parent close policy TERMINATE"), "{reason}")
+                }
+                other => panic!("{child}: {other:?}"),
+            }
+        }
+        let (parent, _) = s.attrs(&id).await;
+        let kids = s
+            .env
+            .db
+            .list_workflows(&dbos_core::ListFilter {
+                attributes: Some(serde_json::json!({ "parent_run_id": id })),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for kid in kids {
+            assert!(kid.state.is_terminal(), "{} left running", kid.workflow_id);
+            assert!(kid.created_at_ms <= parent.completed_at_ms.unwrap());
+        }
+    }
+    eprintln!("{created} of 20 children were created before their parent closed");
 }
 
 /// Waits until `run` is closed; its outcome.

@@ -1,7 +1,8 @@
 //! Child workflows and signals/cancels to other workflows.
 //!
 //! A child is a run enqueued on its task queue with the parent's run as its parent (idempotent
-//! by run id, so restarting the start after a crash is harmless); its retry policy, timeouts,
+//! by run id, so restarting the start after a crash is harmless, and only while the parent run
+//! is PENDING, so a closing parent never misses it); its retry policy, timeouts,
 //! cron schedule and parent close policy go into its attributes. A watcher awaits the child's
 //! chain (following continue-as-new, retries and cron runs) and reports its result as a
 //! resolution job; a failed or timed-out chain carries the reason it was not retried (its
@@ -40,7 +41,7 @@ use temporalio_common_wasm::protos::temporal::api::failure::v1::{
     CanceledFailureInfo, ChildWorkflowExecutionFailureInfo, Failure, TerminatedFailureInfo,
     TimeoutFailureInfo,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Engine, duration_of};
 
@@ -54,7 +55,7 @@ pub(crate) enum StartOutcome {
     Started(String),
     /// The start failed (job to deliver).
     Failed(Box<WorkflowActivationJob>),
-    /// The worker is going away.
+    /// The worker is going away, or the parent closed first (nothing to resolve).
     Gone,
 }
 
@@ -134,6 +135,9 @@ pub(crate) async fn start_child(
     attrs.task_timeout_ms = ms(&c.workflow_task_timeout);
     let mut request = protocol::new_run_request(&child_run, &attrs, &c.input);
     request.delay = first_delay;
+    // Created only while the parent is open: a parent closing meanwhile either sees this child
+    // in its parent-close sweep or makes this start create nothing.
+    request.only_while_parent_pending = true;
     loop {
         match engine.db.enqueue(request.clone()).await {
             Ok(Enqueued::Created(_)) => return StartOutcome::Started(child_run),
@@ -144,6 +148,10 @@ pub(crate) async fn start_child(
                 } else {
                     failed(StartChildWorkflowExecutionFailedCause::WorkflowAlreadyExists)
                 };
+            }
+            Err(dbos_core::Error::ParentNotPending(_)) => {
+                debug!(run_id = %parent_run, child = %child_run, "the parent closed before its child was created");
+                return StartOutcome::Gone;
             }
             Err(e) => {
                 warn!(run_id = %parent_run, error = %e, "cannot start a child workflow; retrying");

@@ -165,12 +165,14 @@ impl Driver {
     }
 
     /// Records the run's outcome (only while it is PENDING and held by this executor), after
-    /// applying the parent close policy of its open children.
+    /// applying the parent close policy of its open children; once more after it, for a child
+    /// whose start was in flight (see [`policies::apply_parent_close_policy`]).
     pub(super) async fn finish(&mut self, outcome: TerminalOutcome, next_run: Option<String>) {
         self.abort_activities();
         // Children are known from the run's unresolved child commands; a run closed before its
         // history was loaded (timed out at claim, bad input) looks them up.
-        if !self.children.is_empty() || self.history.is_empty() {
+        let has_children = !self.children.is_empty();
+        if has_children || self.history.is_empty() {
             self.apply_parent_close_policy().await;
         }
         let dbos = outcome.to_dbos();
@@ -192,6 +194,9 @@ impl Driver {
             {
                 Ok(CompleteResult::Recorded) => {
                     debug!(run_id = %run_id, "run finished");
+                    if has_children {
+                        self.apply_parent_close_policy().await;
+                    }
                     return;
                 }
                 Ok(CompleteResult::AlreadyDecided(s)) => {
