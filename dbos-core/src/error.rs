@@ -63,6 +63,10 @@ pub enum Error {
     /// write that closes it was not made.
     #[error("run `{0}` is not pending under this executor")]
     NotPending(String),
+    /// A run to be created only while its parent is PENDING was not: the parent has closed
+    /// (or was never PENDING), so nothing was created.
+    #[error("parent run `{0}` is not pending; the child run was not created")]
+    ParentNotPending(String),
     /// The deduplication id is in use by another active run of the queue.
     #[error("deduplication id `{deduplication_id}` is already used on queue `{queue}`")]
     Duplicated {

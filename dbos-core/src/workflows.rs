@@ -169,6 +169,12 @@ pub struct EnqueueRequest {
     pub parent_workflow_id: Option<String>,
     /// The application version it must run on, if any.
     pub application_version: Option<String>,
+    /// Create the run only while its parent (`parent_workflow_id`) is PENDING; otherwise the
+    /// enqueue is refused with [`Error::ParentNotPending`] (an existing run of this id is still
+    /// returned). The statement holds a share lock on the parent's row until it commits, so a
+    /// parent that closes with an `UPDATE` of its row either waits for this run to be committed
+    /// (and then sees it) or is closed before this statement looks (and then nothing is created).
+    pub only_while_parent_pending: bool,
 }
 
 impl EnqueueRequest {
@@ -192,6 +198,7 @@ impl EnqueueRequest {
             attributes: None,
             parent_workflow_id: None,
             application_version: None,
+            only_while_parent_pending: false,
         }
     }
 }
@@ -361,7 +368,7 @@ impl SystemDatabase {
                 break;
             }
         }
-        let row = row.ok_or_else(|| Error::UnknownRun(request.workflow_id.clone()))?;
+        let row = row.ok_or_else(|| prepared.no_row(&request))?;
         let enqueued = prepared.result(&row)?;
         if let Enqueued::Created(_) = &enqueued {
             // A retry whose first attempt committed inserted nothing, so its statement carried
@@ -388,7 +395,7 @@ impl SystemDatabase {
                 return prepared.result(&row);
             }
         }
-        Err(Error::UnknownRun(request.workflow_id.clone()))
+        Err(prepared.no_row(request))
     }
 
     /// Wakes the workers of a run that was just created (after its commit).
@@ -434,6 +441,19 @@ impl SystemDatabase {
         // (DBOS's `owner_xid`), fresh per call and the same across its retries, tells a retry
         // whose first attempt committed (acknowledgement lost) that the row is its own.
         let owner = uuid::Uuid::new_v4().to_string();
+        // The parent gate: the insert reads its one row, present only while the parent is
+        // PENDING, and share-locks the parent's row until the commit.
+        let gate = match (
+            &request.parent_workflow_id,
+            request.only_while_parent_pending,
+        ) {
+            (Some(_), true) => {
+                "SELECT 1 FROM {s}.workflow_status
+                  WHERE workflow_uuid = $12 AND status = 'PENDING' FOR SHARE"
+            }
+            (None, true) => "SELECT 1 WHERE false",
+            (_, false) => "SELECT 1",
+        };
         let message_cte = if with_message {
             ",
              msg AS (
@@ -445,12 +465,14 @@ impl SystemDatabase {
             ""
         };
         let sql = self.sql(&format!(
-            "WITH ins AS (
+            "WITH gate AS ({gate}),
+             ins AS (
                 INSERT INTO {{s}}.workflow_status (workflow_uuid, status, name, queue_name, inputs,
                     serialization, created_at, updated_at, priority, deduplication_id,
                     workflow_timeout_ms, attributes, parent_workflow_id, application_version,
                     delay_until_epoch_ms, recovery_attempts, owner_xid)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15
+                  FROM gate
                 ON CONFLICT (workflow_uuid) DO NOTHING
                 RETURNING {STATUS_COLUMNS}, true AS created){message_cte}
              SELECT *, (SELECT count(pg_notify($16, p)) FROM unnest($17::text[]) AS p) AS hinted
@@ -792,6 +814,19 @@ impl PreparedEnqueue {
                 _ => Error::Database(e),
             }
         })
+    }
+
+    /// The error of a statement that returned no row however often it ran: the parent gate
+    /// refused it, or (without a gate) the run vanished between the insert and the read.
+    fn no_row(&self, request: &EnqueueRequest) -> Error {
+        match (
+            &request.parent_workflow_id,
+            request.only_while_parent_pending,
+        ) {
+            (Some(parent), true) => Error::ParentNotPending(parent.clone()),
+            (None, true) => Error::ParentNotPending(String::new()),
+            _ => Error::UnknownRun(request.workflow_id.clone()),
+        }
     }
 
     /// What the statement's row says.

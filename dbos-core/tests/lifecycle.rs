@@ -468,3 +468,113 @@ async fn bad_input_gets_clear_errors() -> Result<()> {
     small.close().await;
     Ok(())
 }
+
+/// Waits (up to 10 s) until a statement on `schema` waits for a row lock.
+async fn lock_waiter_on(db: &SystemDatabase, schema: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+        )
+        .bind(schema)
+        .fetch_one(db.pool())
+        .await?;
+        if n > 0 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "no statement waited for a lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_enqueue_is_gated_on_a_pending_parent() -> Result<()> {
+    use sqlx::Connection as _;
+    let db = fresh().await?;
+    let child = |id: &str, parent: &str| {
+        let mut r = req(id);
+        r.parent_workflow_id = Some(parent.to_string());
+        r.only_while_parent_pending = true;
+        r
+    };
+    let refused = |r: dbos_core::Result<Enqueued>, parent: &str| match r {
+        Err(Error::ParentNotPending(p)) => assert_eq!(p, parent),
+        other => panic!("expected ParentNotPending({parent}), got {other:?}"),
+    };
+    // A parent that is not PENDING refuses its children; without the gate nothing is checked.
+    db.enqueue(req("queued-parent")).await?;
+    refused(
+        db.enqueue(child("c0", "queued-parent")).await,
+        "queued-parent",
+    );
+    assert!(db.status("c0").await?.is_none());
+    let mut ungated = child("c0", "queued-parent");
+    ungated.only_while_parent_pending = false;
+    assert!(matches!(db.enqueue(ungated).await?, Enqueued::Created(_)));
+    // A PENDING parent admits them.
+    running(&db, "p1", "ex").await?;
+    assert!(matches!(
+        db.enqueue(child("c1", "p1")).await?,
+        Enqueued::Created(_)
+    ));
+
+    // A close of the parent in progress (its row updated, not yet committed) holds the child's
+    // enqueue until the commit; the enqueue then sees a closed parent and creates nothing.
+    let schema = db.schema().to_string();
+    let table = format!("\"{schema}\".workflow_status");
+    let mut closer = sqlx::PgConnection::connect(&testing::test_database_url()).await?;
+    let update = format!("UPDATE {table} SET status = 'SUCCESS' WHERE workflow_uuid = $1");
+    sqlx::query("BEGIN").execute(&mut closer).await?;
+    sqlx::query(&update).bind("p1").execute(&mut closer).await?;
+    let racing = tokio::spawn({
+        let db = db.clone();
+        let r = child("c2", "p1");
+        async move { db.enqueue(r).await }
+    });
+    lock_waiter_on(&db, &schema).await?;
+    assert!(!racing.is_finished(), "the enqueue waits for the close");
+    sqlx::query("COMMIT").execute(&mut closer).await?;
+    refused(racing.await?, "p1");
+    assert!(db.status("c2").await?.is_none(), "no child after the close");
+    // A child created before the close is still found by its id (a restarted start).
+    assert!(matches!(
+        db.enqueue(child("c1", "p1")).await?,
+        Enqueued::Existing(_)
+    ));
+
+    // A close that rolls back lets the waiting enqueue through.
+    running(&db, "p2", "ex").await?;
+    sqlx::query("BEGIN").execute(&mut closer).await?;
+    sqlx::query(&update).bind("p2").execute(&mut closer).await?;
+    let racing = tokio::spawn({
+        let db = db.clone();
+        let r = child("c3", "p2");
+        async move { db.enqueue(r).await }
+    });
+    lock_waiter_on(&db, &schema).await?;
+    sqlx::query("ROLLBACK").execute(&mut closer).await?;
+    assert!(matches!(racing.await??, Enqueued::Created(_)));
+
+    // The other order: while a gated enqueue's share lock on the parent is held (here by an
+    // open transaction running the gate's lock), the parent's close waits, so it cannot miss
+    // a child committed meanwhile.
+    sqlx::query("BEGIN").execute(&mut closer).await?;
+    sqlx::query(&format!(
+        "SELECT 1 FROM {table} WHERE workflow_uuid = 'p2' AND status = 'PENDING' FOR SHARE"
+    ))
+    .execute(&mut closer)
+    .await?;
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.complete("p2", Some("ex"), &Outcome::Success("null".into()))
+                .await
+        }
+    });
+    lock_waiter_on(&db, &schema).await?;
+    assert!(!closing.is_finished(), "the close waits for the share lock");
+    sqlx::query("COMMIT").execute(&mut closer).await?;
+    assert!(matches!(closing.await??, CompleteResult::Recorded));
+    Ok(())
+}

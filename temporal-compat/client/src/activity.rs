@@ -1001,11 +1001,24 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
             protocol::heartbeat_key(seq),
             protocol::cancel_requested_key(seq),
         );
-        let (attempt, heartbeat, cancel) = tokio::join!(
+        let (tkey, async_tkey) = (
+            protocol::heartbeat_time_key(seq),
+            protocol::async_heartbeat_key(seq),
+        );
+        let (attempt, heartbeat, cancel, beat_at, async_beat_at) = tokio::join!(
             db.get_event(&run, &akey, None),
             db.get_event(&run, &hkey, None),
             db.get_event(&run, &ckey, None),
+            db.get_event(&run, &tkey, None),
+            db.get_event(&run, &async_tkey, None),
         );
+        // The later of the worker's recorded heartbeat and an async handle's heartbeat.
+        let last_heartbeat_ms = [beat_at?, async_beat_at?]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.parse::<i64>().ok())
+            .filter(|t| *t > 0)
+            .max();
         let attempt = attempt?.and_then(|a| a.parse::<i32>().ok()).unwrap_or(1);
         let heartbeat = match heartbeat? {
             Some(t) => Some(protocol::decode_payloads("heartbeat details", &t)?),
@@ -1047,6 +1060,10 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
                 .filter(|_| options.include_heartbeat_details)
                 .map(|payloads| Payloads { payloads }),
             last_started_time: row.started_at_ms.map(ts),
+            last_heartbeat_time: last_heartbeat_ms.map(ts),
+            priority: attrs
+                .priority_key
+                .map(|key| Priority::builder().priority_key(key).build().into()),
             attempt,
             execution_duration: list.execution_duration,
             schedule_time: list.schedule_time,

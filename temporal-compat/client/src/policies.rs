@@ -13,7 +13,11 @@
 //! - **Parent close** ([`apply_parent_close_policy`]): when a parent run closes, its open
 //!   children are terminated, asked to cancel, or left alone, per the policy each child was
 //!   started with. Whoever records the parent's outcome applies it first, so a crash between the
-//!   two leaves the parent open (it is recovered and applies it again).
+//!   two leaves the parent open (it is recovered and applies it again), and once more after it:
+//!   a child is created only while its parent is PENDING, under a share lock on the parent's
+//!   row (`EnqueueRequest::only_while_parent_pending`), so a child whose start was in flight
+//!   during the first sweep is either committed before the parent's close (and found by the
+//!   second sweep) or not created at all.
 
 use std::time::Duration;
 

@@ -1064,6 +1064,12 @@ pub fn heartbeat_key(seq: u32) -> String {
     format!("__temporal_activity:{seq}:heartbeat")
 }
 
+/// Event key of the time (epoch ms) at which the heartbeat recorded under [`heartbeat_key`] was
+/// reported by the worker running activity `seq` (written with it, in one statement).
+pub fn heartbeat_time_key(seq: u32) -> String {
+    format!("__temporal_activity:{seq}:heartbeat_time")
+}
+
 /// Event key of the current attempt number of activity `seq` of a run.
 pub fn attempt_key(seq: u32) -> String {
     format!("__temporal_activity:{seq}:attempt")

@@ -1016,7 +1016,8 @@ where
 
 /// Records TERMINATED on an open run (dbos-core `cancel` with the protocol's reason text),
 /// after applying the parent close policy of its open children (first, so that a failure in
-/// between leaves the run open for another attempt rather than its children unattended).
+/// between leaves the run open for another attempt rather than its children unattended), and
+/// once more after it, for a child whose start was in flight.
 pub(crate) async fn terminate_run(
     db: &SystemDatabase,
     run: &str,
@@ -1028,10 +1029,11 @@ pub(crate) async fn terminate_run(
     let outcome = TerminalOutcome::Terminated {
         reason,
         details,
-        identity: (!identity.is_empty()).then_some(identity),
+        identity: (!identity.is_empty()).then(|| identity.clone()),
     };
     db.cancel(run, Some(&outcome.to_error_text())).await?;
     debug!(run = %run, "terminated");
+    crate::policies::apply_parent_close_policy(db, run, &identity).await?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use temporal_compat_client::{
     ActivityCancelOptions, ActivityDescribeOptions, ActivityExecutionInfoLike,
     ActivityExecutionStatus, ActivityIdConflictPolicy, ActivityIdReusePolicy, ActivityIdentifier,
     ActivityResultError, ActivityStartOptions, ActivityTerminateOptions, AsyncActivityError,
-    Client, ClientOptions, Connection, ConnectionOptions, RetryPolicy, RpcOptions,
+    Client, ClientOptions, Connection, ConnectionOptions, Priority, RetryPolicy, RpcOptions,
     StartActivityError, WorkflowExecutionStatus, WorkflowGetResultOptions, WorkflowListOptions,
     WorkflowStartOptions,
 };
@@ -64,6 +64,20 @@ impl Acts {
     async fn sleepy(_ctx: ActivityContext) -> Result<(), ActivityError> {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(())
+    }
+
+    /// Heartbeats (with a counter as details) every 20 ms until cancelled.
+    #[activity]
+    async fn beats(ctx: ActivityContext) -> Result<(), ActivityError> {
+        let mut n = 0u32;
+        loop {
+            if ctx.is_cancelled() {
+                return Err(ActivityError::cancelled());
+            }
+            n += 1;
+            ctx.record_heartbeat(n).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Hands its task token out and completes asynchronously.
@@ -394,6 +408,93 @@ async fn standalone_activities_retry_time_out_cancel_terminate_list_and_count() 
     stop2();
     task2.await.unwrap().unwrap();
 
+    stop();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_activity_description_reports_heartbeat_time_and_priority() {
+    let env = common::Env::new().await;
+    let client = client(&env).await;
+    let (task, stop) = start_worker(
+        &client,
+        WorkerOptions::new("beats")
+            .register_activities(Acts)
+            .build(),
+    );
+    let before = std::time::SystemTime::now();
+    let h = client
+        .start_activity(
+            Acts::beats,
+            (),
+            ActivityStartOptions::with_start_to_close_timeout(
+                "beats",
+                "beating",
+                Duration::from_secs(30),
+            )
+            .heartbeat_timeout(Duration::from_secs(10))
+            .priority(Priority::builder().priority_key(3).build())
+            .build(),
+        )
+        .await
+        .unwrap();
+    // The recorded heartbeat's time shows once the worker has written one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let d = h
+            .describe(
+                ActivityDescribeOptions::builder()
+                    .include_heartbeat_details(true)
+                    .build(),
+            )
+            .await
+            .unwrap();
+        if d.last_heartbeat_time().is_some() {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "no heartbeat time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let beat = d.last_heartbeat_time().unwrap();
+    // Epoch-ms precision: allow the start instant's sub-millisecond part.
+    assert!(
+        beat + Duration::from_millis(1) >= before,
+        "{beat:?} {before:?}"
+    );
+    assert!(beat <= std::time::SystemTime::now());
+    assert!(d.heartbeat_details::<u32>().await.unwrap().unwrap() >= 1);
+    assert_eq!(d.priority().priority_key, Some(3));
+    // Documented as not recorded (COMPATIBILITY.md): the retry bookkeeping of the current attempt.
+    let raw = d.raw_info();
+    assert_eq!(raw.current_retry_interval, None);
+    assert_eq!(raw.next_attempt_schedule_time, None);
+    assert_eq!(raw.last_attempt_complete_time, None);
+    h.cancel(ActivityCancelOptions::default()).await.unwrap();
+    assert!(matches!(
+        h.result().await,
+        Err(ActivityResultError::Cancelled { .. })
+    ));
+    // Without a priority key, the description has no priority.
+    let e = client
+        .start_activity(
+            Acts::echo,
+            "x".to_string(),
+            ActivityStartOptions::with_start_to_close_timeout(
+                "beats",
+                "plain",
+                Duration::from_secs(10),
+            )
+            .build(),
+        )
+        .await
+        .unwrap();
+    e.result().await.unwrap();
+    let d = e
+        .describe(ActivityDescribeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(d.priority().priority_key, None);
+    assert_eq!(d.last_heartbeat_time(), None);
     stop();
     task.await.unwrap().unwrap();
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::Env;
 use temporal_compat::{
-    ApplicationFailure, ChildWorkflowOptions, ContinueAsNewOptions, ParentClosePolicy, Runtime,
-    Worker, WorkerOptions, WorkflowContext, WorkflowResult,
+    ApplicationFailure, ChildWorkflowExecutionError, ChildWorkflowOptions, ContinueAsNewOptions,
+    ParentClosePolicy, Runtime, Worker, WorkerOptions, WorkflowContext, WorkflowResult,
 };
 use temporal_compat_client::protocol::{self, RunAttributes, TerminalOutcome};
 use temporal_compat_client::{
@@ -61,6 +61,19 @@ impl Sleeper {
     async fn run(ctx: &mut WorkflowContext<Self>, secs: u64) -> WorkflowResult<u64> {
         ctx.timer(Duration::from_secs(secs)).await;
         Ok(secs)
+    }
+}
+
+#[workflow]
+#[derive(Default)]
+struct AlwaysPanics;
+
+#[workflow_methods]
+impl AlwaysPanics {
+    /// Fails its workflow task on every activation.
+    #[run]
+    async fn run(_ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        panic!("this workflow task always fails");
     }
 }
 
@@ -124,6 +137,105 @@ impl Parent {
     }
 }
 
+#[workflow]
+#[derive(Default)]
+struct ChildRetryState;
+
+#[workflow_methods]
+impl ChildRetryState {
+    /// Runs one failing child as `case` says and returns the `RetryState` its failure carries.
+    #[run]
+    async fn run(ctx: &mut WorkflowContext<Self>, case: String) -> WorkflowResult<String> {
+        let id = format!("{}-child", ctx.workflow_id());
+        let opts = ChildWorkflowOptions::builder().workflow_id(id);
+        let result = match case.as_str() {
+            "no_policy" => {
+                ctx.start_child_workflow(Flaky::run, "always".to_string(), opts.build())
+                    .await?
+                    .result()
+                    .await
+            }
+            "two_attempts" => {
+                let opts = opts.retry_policy(retry(2)).build();
+                ctx.start_child_workflow(Flaky::run, "always".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "non_retryable" => {
+                let opts = opts.retry_policy(retry(5)).build();
+                ctx.start_child_workflow(Flaky::run, "non_retryable".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "typed" => {
+                let policy = RetryPolicy::builder()
+                    .initial_interval(Duration::from_millis(100))
+                    .non_retryable_error_types(["FatalError"])
+                    .build();
+                let opts = opts.retry_policy(policy).build();
+                ctx.start_child_workflow(Flaky::run, "typed".to_string(), opts)
+                    .await?
+                    .result()
+                    .await
+            }
+            "run_timeout" => {
+                let opts = opts.run_timeout(Duration::from_millis(300)).build();
+                ctx.start_child_workflow(Sleeper::run, 3600u64, opts)
+                    .await?
+                    .result()
+                    .await
+                    .map(|s| s as u32)
+            }
+            "execution_timeout" => {
+                let opts = opts
+                    .execution_timeout(Duration::from_millis(300))
+                    .retry_policy(retry(5))
+                    .build();
+                ctx.start_child_workflow(Sleeper::run, 3600u64, opts)
+                    .await?
+                    .result()
+                    .await
+                    .map(|s| s as u32)
+            }
+            other => return Ok(format!("unknown case {other}")),
+        };
+        Ok(match result {
+            Ok(v) => format!("completed {v}"),
+            Err(ChildWorkflowExecutionError::Failed(f)) => format!("{:?}", f.retry_state()),
+            Err(e) => format!("other error: {e}"),
+        })
+    }
+}
+
+#[workflow]
+#[derive(Default)]
+struct FireAndForget;
+
+#[workflow_methods]
+impl FireAndForget {
+    /// Starts `n` long-sleeping children (TERMINATE policy) without awaiting their starts, and
+    /// returns after a 1 ms timer: the parent closes while the starts are in flight.
+    #[run]
+    async fn run(ctx: &mut WorkflowContext<Self>, n: u32) -> WorkflowResult<()> {
+        let me = ctx.workflow_id().to_string();
+        let mut starts = Vec::new();
+        for i in 0..n {
+            let opts = ChildWorkflowOptions::builder()
+                .workflow_id(format!("{me}-{i}"))
+                .build();
+            let mut start = Box::pin(ctx.start_child_workflow(Sleeper::run, 3600u64, opts));
+            // Polled once, so the start command is issued; never awaited.
+            assert!(futures::FutureExt::now_or_never(&mut start).is_none());
+            starts.push(start);
+        }
+        // The starts are in flight when the parent completes, right after this short timer.
+        ctx.timer(Duration::from_millis(1)).await;
+        Ok(())
+    }
+}
+
 struct Setup {
     env: Env,
     client: Client,
@@ -163,6 +275,12 @@ impl Setup {
             .register_workflow::<CronTick>()
             .unwrap()
             .register_workflow::<Parent>()
+            .unwrap()
+            .register_workflow::<AlwaysPanics>()
+            .unwrap()
+            .register_workflow::<ChildRetryState>()
+            .unwrap()
+            .register_workflow::<FireAndForget>()
             .unwrap()
             .build();
         let mut worker = Worker::new(&runtime, self.client.clone(), options).unwrap();
@@ -416,6 +534,44 @@ async fn run_timeout_times_out_each_attempt_and_retries() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn failing_workflow_task_times_out_at_the_deadline() {
+    let s = Setup::new(true).await;
+    let started = std::time::Instant::now();
+    let h = s
+        .client
+        .start_workflow(
+            AlwaysPanics::run,
+            (),
+            WorkflowStartOptions::new(TQ, "panics")
+                .run_timeout(Duration::from_secs(4))
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.get_result(result_opts(30)).await,
+        Err(WorkflowGetResultError::TimedOut)
+    ));
+    // The workflow-task retry backoff (1 s, 2 s, 4 s, ...) is cut short by the deadline: the
+    // third backoff alone would end 7 s after the start.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(3900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(5500), "{elapsed:?}");
+    let (run, a) = s.attrs("panics").await;
+    let deadline = run.created_at_ms + i64::try_from(a.run_timeout_ms.unwrap()).unwrap();
+    let closed = run.completed_at_ms.unwrap();
+    assert!(
+        closed >= deadline && closed - deadline < 1000,
+        "closed {} ms after the deadline",
+        closed - deadline
+    );
+    assert_eq!(
+        s.outcome("panics", 1).await,
+        TerminalOutcome::TimedOut { next_run_id: None }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn execution_timeout_spans_continue_as_new_and_is_not_retried() {
     let s = Setup::new(true).await;
     let h = s
@@ -592,6 +748,89 @@ async fn cron_runs_on_schedule_and_get_result_follows_the_chain() {
         TerminalOutcome::from_status(&after).unwrap(),
         Some(TerminalOutcome::Terminated { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_child_tells_its_parent_why_it_was_not_retried() {
+    let s = Setup::new(true).await;
+    let cases = [
+        ("no_policy", "RetryPolicyNotSet"),
+        ("two_attempts", "MaximumAttemptsReached"),
+        ("non_retryable", "NonRetryableFailure"),
+        ("typed", "NonRetryableFailure"),
+        ("run_timeout", "RetryPolicyNotSet"),
+        ("execution_timeout", "Timeout"),
+    ];
+    let mut handles = Vec::new();
+    for (case, _) in cases {
+        let h = s
+            .client
+            .start_workflow(
+                ChildRetryState::run,
+                case.to_string(),
+                WorkflowStartOptions::new(TQ, format!("rs-{case}")).build(),
+            )
+            .await
+            .unwrap();
+        handles.push(h);
+    }
+    for ((case, expected), h) in cases.into_iter().zip(handles) {
+        let got = h.get_result(result_opts(30)).await.unwrap();
+        assert_eq!(got, expected, "{case}");
+    }
+    // The child with two attempts did run twice.
+    assert!(s.exists("rs-two_attempts-child--r1").await);
+    assert!(!s.exists("rs-two_attempts-child--r2").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_started_as_the_parent_closes_do_not_outlive_it() {
+    let s = Setup::new(true).await;
+    let mut created = 0;
+    for round in 0..5 {
+        let id = format!("ff{round}");
+        let h = s
+            .client
+            .start_workflow(
+                FireAndForget::run,
+                4,
+                WorkflowStartOptions::new(TQ, id.clone()).build(),
+            )
+            .await
+            .unwrap();
+        h.get_result(result_opts(30)).await.unwrap();
+        // The parent is closed: no child of it can be created any more. Each one that was
+        // created is terminated by the parent close policy (applied before and after the
+        // parent's close).
+        for i in 0..4 {
+            let child = format!("{id}-{i}");
+            if !s.exists(&child).await {
+                continue;
+            }
+            created += 1;
+            match closed(&s, &child).await {
+                TerminalOutcome::Terminated { reason, .. } => {
+                    assert!(reason.contains("parent close policy TERMINATE"), "{reason}")
+                }
+                other => panic!("{child}: {other:?}"),
+            }
+        }
+        let (parent, _) = s.attrs(&id).await;
+        let kids = s
+            .env
+            .db
+            .list_workflows(&dbos_core::ListFilter {
+                attributes: Some(serde_json::json!({ "parent_run_id": id })),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for kid in kids {
+            assert!(kid.state.is_terminal(), "{} left running", kid.workflow_id);
+            assert!(kid.created_at_ms <= parent.completed_at_ms.unwrap());
+        }
+    }
+    eprintln!("{created} of 20 children were created before their parent closed");
 }
 
 /// Waits until `run` is closed; its outcome.

@@ -39,7 +39,7 @@ use crate::activities::{ActivityContext, ActivityInfo, HeartbeatSink};
 
 use temporal_compat_client::protocol::{
     AsyncOutcome, TaskTokenParts, async_activity_id_key, async_heartbeat_key, async_outcome_key,
-    async_pending_key, cancel_requested_key,
+    async_pending_key, cancel_requested_key, heartbeat_time_key,
 };
 pub(crate) use temporal_compat_client::protocol::{attempt_key, heartbeat_key};
 
@@ -250,12 +250,16 @@ struct HeartbeatShared {
     engine: Arc<Engine>,
     run_id: String,
     key: String,
+    /// Event key of the time of the recorded heartbeat ([`heartbeat_time_key`]).
+    time_key: String,
     throttle: Duration,
     state: Mutex<HeartbeatState>,
 }
 
 struct HeartbeatState {
     latest: Vec<Payload>,
+    /// When `latest` was reported (epoch ms).
+    latest_at_ms: i64,
     last_beat: Instant,
     last_write: Option<Instant>,
     dirty: bool,
@@ -267,13 +271,21 @@ impl HeartbeatShared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(self: &Arc<Self>, details: Vec<Payload>) {
+    /// Records `details` and the time they were reported, in one statement.
+    async fn persist(&self, details: &[Payload], at_ms: i64) {
+        let events = [
+            (self.key.clone(), encode_payloads(details)),
+            (self.time_key.clone(), at_ms.to_string()),
+        ];
+        if let Err(e) = self.engine.db.set_events(&self.run_id, &events).await {
+            warn!(run_id = %self.run_id, error = %e, "cannot record activity heartbeat");
+        }
+    }
+
+    fn write(self: &Arc<Self>, details: Vec<Payload>, at_ms: i64) {
         let me = self.clone();
         self.engine.main.spawn(async move {
-            let value = encode_payloads(&details);
-            if let Err(e) = me.engine.db.set_event(&me.run_id, &me.key, &value).await {
-                warn!(run_id = %me.run_id, error = %e, "cannot record activity heartbeat");
-            }
+            me.persist(&details, at_ms).await;
         });
     }
 
@@ -286,17 +298,9 @@ impl HeartbeatShared {
             }
             st.dirty = false;
             st.last_write = Some(Instant::now());
-            st.latest.clone()
+            (st.latest.clone(), st.latest_at_ms)
         };
-        let value = encode_payloads(&details);
-        if let Err(e) = self
-            .engine
-            .db
-            .set_event(&self.run_id, &self.key, &value)
-            .await
-        {
-            warn!(run_id = %self.run_id, error = %e, "cannot record activity heartbeat");
-        }
+        self.persist(&details.0, details.1).await;
     }
 }
 
@@ -308,6 +312,7 @@ impl HeartbeatSink for HeartbeatRecorder {
         let now = Instant::now();
         let mut st = shared.lock();
         st.latest = details;
+        st.latest_at_ms = dbos_core::now_ms();
         st.last_beat = now;
         st.dirty = true;
         let due = st
@@ -316,9 +321,9 @@ impl HeartbeatSink for HeartbeatRecorder {
         if due {
             st.dirty = false;
             st.last_write = Some(now);
-            let latest = st.latest.clone();
+            let (latest, at_ms) = (st.latest.clone(), st.latest_at_ms);
             drop(st);
-            shared.write(latest);
+            shared.write(latest, at_ms);
         } else if !st.flush_scheduled {
             st.flush_scheduled = true;
             let wait = st
@@ -337,9 +342,9 @@ impl HeartbeatSink for HeartbeatRecorder {
                     }
                     st.dirty = false;
                     st.last_write = Some(Instant::now());
-                    st.latest.clone()
+                    (st.latest.clone(), st.latest_at_ms)
                 };
-                me.write(pending);
+                me.write(pending.0, pending.1);
             });
         }
     }
@@ -524,9 +529,11 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
         engine: engine.clone(),
         run_id: task.run_id.clone(),
         key: heartbeat_key(task.seq),
+        time_key: heartbeat_time_key(task.seq),
         throttle,
         state: Mutex::new(HeartbeatState {
             latest: task.heartbeat_details.clone(),
+            latest_at_ms: 0,
             last_beat: Instant::now(),
             last_write: None,
             dirty: false,

@@ -1,10 +1,12 @@
 //! Child workflows and signals/cancels to other workflows.
 //!
 //! A child is a run enqueued on its task queue with the parent's run as its parent (idempotent
-//! by run id, so restarting the start after a crash is harmless); its retry policy, timeouts,
+//! by run id, so restarting the start after a crash is harmless, and only while the parent run
+//! is PENDING, so a closing parent never misses it); its retry policy, timeouts,
 //! cron schedule and parent close policy go into its attributes. A watcher awaits the child's
 //! chain (following continue-as-new, retries and cron runs) and reports its result as a
-//! resolution job.
+//! resolution job; a failed or timed-out chain carries the reason it was not retried (its
+//! `RetryState`).
 //! Signals and cancel requests to other workflows are inbox messages with idempotency keys
 //! derived from the sending run and the command's sequence number.
 
@@ -39,7 +41,7 @@ use temporalio_common_wasm::protos::temporal::api::failure::v1::{
     CanceledFailureInfo, ChildWorkflowExecutionFailureInfo, Failure, TerminatedFailureInfo,
     TimeoutFailureInfo,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Engine, duration_of};
 
@@ -53,7 +55,7 @@ pub(crate) enum StartOutcome {
     Started(String),
     /// The start failed (job to deliver).
     Failed(Box<WorkflowActivationJob>),
-    /// The worker is going away.
+    /// The worker is going away, or the parent closed first (nothing to resolve).
     Gone,
 }
 
@@ -133,6 +135,9 @@ pub(crate) async fn start_child(
     attrs.task_timeout_ms = ms(&c.workflow_task_timeout);
     let mut request = protocol::new_run_request(&child_run, &attrs, &c.input);
     request.delay = first_delay;
+    // Created only while the parent is open: a parent closing meanwhile either sees this child
+    // in its parent-close sweep or makes this start create nothing.
+    request.only_while_parent_pending = true;
     loop {
         match engine.db.enqueue(request.clone()).await {
             Ok(Enqueued::Created(_)) => return StartOutcome::Started(child_run),
@@ -143,6 +148,10 @@ pub(crate) async fn start_child(
                 } else {
                     failed(StartChildWorkflowExecutionFailedCause::WorkflowAlreadyExists)
                 };
+            }
+            Err(dbos_core::Error::ParentNotPending(_)) => {
+                debug!(run_id = %parent_run, child = %child_run, "the parent closed before its child was created");
+                return StartOutcome::Gone;
             }
             Err(e) => {
                 warn!(run_id = %parent_run, error = %e, "cannot start a child workflow; retrying");
@@ -178,7 +187,7 @@ pub(crate) async fn watch_child(
     workflow_type: &str,
 ) -> Option<WorkflowActivationJob> {
     let mut run = first_run.to_string();
-    let outcome = loop {
+    let (outcome, retry_state) = loop {
         let status = tokio::select! {
             s = engine.db.await_outcome(&run, None) => s,
             _ = engine.halt.cancelled() => return None,
@@ -206,18 +215,22 @@ pub(crate) async fn watch_child(
                 };
                 match next {
                     Some(next) => run = next,
-                    None => break o,
+                    None => {
+                        let state = super::run::chain_end_retry_state(&status, &o);
+                        break (o, state);
+                    }
                 }
             }
             Ok(None) => continue,
             Err(e) => {
-                break TerminalOutcome::Failed {
+                let o = TerminalOutcome::Failed {
                     failure: Failure {
                         message: format!("the child's outcome cannot be read: {e}"),
                         ..Default::default()
                     },
                     next_run_id: None,
                 };
+                break (o, RetryState::NonRetryableFailure);
             }
         }
     };
@@ -251,7 +264,7 @@ pub(crate) async fn watch_child(
             child_workflow_result::Status::Failed(ChildFailure {
                 failure: Some(wrap(
                     failure,
-                    RetryState::NonRetryableFailure,
+                    retry_state,
                     "Child Workflow execution failed",
                 )),
             })
@@ -309,7 +322,7 @@ pub(crate) async fn watch_child(
             child_workflow_result::Status::Failed(ChildFailure {
                 failure: Some(wrap(
                     cause,
-                    RetryState::Timeout,
+                    retry_state,
                     "Child Workflow execution timed out",
                 )),
             })

@@ -104,6 +104,23 @@ fn ms(v: Option<u64>) -> Option<Duration> {
     v.filter(|m| *m > 0).map(Duration::from_millis)
 }
 
+/// Whether a claimed standalone activity's schedule-to-start timeout (`timeout_ms`) ran out
+/// before this claim at `now_ms`: it covers the wait in the task queue, from `scheduled_at_ms`
+/// (the end of a start delay, else the creation) to the first claim. A run claimed again after
+/// its worker died (`recovery_attempts > 0`) had started already, so it is not checked again.
+fn schedule_to_start_expired(
+    scheduled_at_ms: i64,
+    recovery_attempts: i64,
+    timeout_ms: Option<u64>,
+    now_ms: i64,
+) -> bool {
+    let Some(timeout) = ms(timeout_ms) else {
+        return false;
+    };
+    recovery_attempts == 0
+        && now_ms - scheduled_at_ms > i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Runs one claimed standalone activity row to its outcome. Never panics on bad data: a row
 /// that cannot be run closes as FAILED with a clear message.
 pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
@@ -178,11 +195,12 @@ pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
         .await;
     }
     let scheduled_at = status.delay_until_epoch_ms.unwrap_or(status.created_at_ms);
-    // Schedule-to-start covers the wait in the task queue: the claim is the start.
-    if let Some(s2s) = ms(act.schedule_to_start_ms)
-        && status.recovery_attempts == 0
-        && dbos_core::now_ms() - scheduled_at > i64::try_from(s2s.as_millis()).unwrap_or(i64::MAX)
-    {
+    if schedule_to_start_expired(
+        scheduled_at,
+        status.recovery_attempts,
+        act.schedule_to_start_ms,
+        dbos_core::now_ms(),
+    ) {
         let f = failure(
             "activity ScheduleToStart timeout",
             FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
@@ -273,5 +291,23 @@ pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
     }
     if let Some(outcome) = outcome_of(resolution) {
         record(&engine, &run, outcome).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_to_start_counts_the_queue_wait_of_the_first_claim_only() {
+        // Within and past the timeout, at the first claim.
+        assert!(!schedule_to_start_expired(1_000, 0, Some(500), 1_400));
+        assert!(schedule_to_start_expired(1_000, 0, Some(500), 1_600));
+        // Without a timeout (or a zero one) nothing expires.
+        assert!(!schedule_to_start_expired(1_000, 0, None, 99_000));
+        assert!(!schedule_to_start_expired(1_000, 0, Some(0), 99_000));
+        // Claimed again after a worker death: not rechecked, however long it waited
+        // (COMPATIBILITY.md deviation).
+        assert!(!schedule_to_start_expired(1_000, 1, Some(500), 99_000));
     }
 }

@@ -104,6 +104,7 @@ impl Drop for HeldGuard {
     }
 }
 pub(crate) use closed::answer_closed;
+pub(crate) use outcome::chain_end_retry_state;
 
 /// Drives one claimed run until it finishes, is decided elsewhere, or the worker halts.
 pub(crate) async fn drive(engine: Arc<Engine>, status: WorkflowStatus, mark: Option<Mark>) {

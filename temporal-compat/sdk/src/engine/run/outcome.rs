@@ -5,8 +5,86 @@
 
 use temporal_compat_client::policies::{self, Deadline, DeadlineKind};
 use temporalio_common_wasm::protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolicy;
+use temporalio_common_wasm::protos::temporal::api::enums::v1::RetryState;
 
 use super::*;
+
+/// The workflow retry policy stored in a run's attributes, normalized; `Ok(None)` without one
+/// (Temporal does not retry workflows by default).
+fn stored_retry_policy(
+    attrs: &RunAttributes,
+) -> Result<Option<ProtoRetryPolicy>, serde_json::Error> {
+    let Some(json) = attrs.retry_policy.as_ref() else {
+        return Ok(None);
+    };
+    let policy = serde_json::from_value::<ProtoRetryPolicy>(json.clone())?;
+    Ok(Some(normalize_retry(Some(policy))))
+}
+
+/// Whether a run closing at `now` with `failure` (a default failure for a run timeout) is
+/// retried under `policy`, and after which delay; else why not, as Temporal reports it: no
+/// policy, a non-retryable failure, maximum attempts reached, or a retry that would start at
+/// or after the chain's execution deadline (`Timeout`).
+fn workflow_retry(
+    policy: Option<&ProtoRetryPolicy>,
+    attempt: u32,
+    failure: &Failure,
+    now: i64,
+    execution_deadline_ms: Option<i64>,
+) -> Result<Duration, RetryState> {
+    let Some(policy) = policy else {
+        return Err(RetryState::RetryPolicyNotSet);
+    };
+    let delay = activity::retry_decision(policy, attempt, failure)?;
+    let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    if execution_deadline_ms.is_some_and(|d| at >= d) {
+        return Err(RetryState::Timeout);
+    }
+    Ok(delay)
+}
+
+/// Why the chain that ended with `status` (a FAILED or TIMED_OUT run, `outcome`) was not
+/// retried, as a parent sees it in its child's failure. The decision is made again from the
+/// run's row at its close time, as [`Driver::start_next_run`] made it.
+pub(crate) fn chain_end_retry_state(
+    status: &WorkflowStatus,
+    outcome: &TerminalOutcome,
+) -> RetryState {
+    let Ok(attrs) = RunAttributes::of_run(status) else {
+        return RetryState::NonRetryableFailure;
+    };
+    let policy = stored_retry_policy(&attrs).ok().flatten();
+    let closed = status.completed_at_ms.unwrap_or_else(dbos_core::now_ms);
+    let attempt = attrs.attempt.max(1);
+    let verdict = |failure: &Failure| {
+        workflow_retry(
+            policy.as_ref(),
+            attempt,
+            failure,
+            closed,
+            attrs.execution_deadline_ms,
+        )
+    };
+    match outcome {
+        TerminalOutcome::Failed { failure, .. } => match verdict(failure) {
+            Err(state) => state,
+            // Closed by the engine without a retry (a run that can never progress).
+            Ok(_) => RetryState::NonRetryableFailure,
+        },
+        TerminalOutcome::TimedOut { .. } => {
+            let run_timeout = policies::run_deadline(status, &attrs)
+                .is_some_and(|d| matches!(d.kind, DeadlineKind::Run));
+            if !run_timeout {
+                return RetryState::Timeout;
+            }
+            verdict(&Failure::default())
+                .err()
+                .unwrap_or(RetryState::Timeout)
+        }
+        TerminalOutcome::Canceled { .. } => RetryState::CancelRequested,
+        _ => RetryState::NonRetryableFailure,
+    }
+}
 
 /// How a run is closing, for deciding what follows it.
 pub(super) enum Closing<'a> {
@@ -22,7 +100,8 @@ pub(super) enum Closing<'a> {
 
 impl Driver {
     /// Handles a workflow-task failure: the instance is dropped and the task retried (after a
-    /// backoff) by replay. Returns `true` when the run task should end.
+    /// backoff, cut short by the run's deadline) by replay. Returns `true` when the run task
+    /// should end.
     pub(super) async fn on_task_failure(&mut self, f: TaskFailure) -> bool {
         // An activation left for the completion's commit must be recorded now: replay reads it.
         if let Some(write) = self.unrecorded.take()
@@ -59,7 +138,12 @@ impl Driver {
         }
         self.task_failures += 1;
         let exp = self.task_failures.min(7);
-        let delay = Duration::from_millis(500u64 << exp).min(Duration::from_secs(60));
+        let mut delay = Duration::from_millis(500u64 << exp).min(Duration::from_secs(60));
+        // The run's deadline cuts the backoff short: the loop's top then closes it TIMED_OUT.
+        if let Some(d) = self.deadline() {
+            let left = u64::try_from(d.at_ms - dbos_core::now_ms()).unwrap_or(0);
+            delay = delay.min(Duration::from_millis(left));
+        }
         warn!(run_id = %self.run_id, error = %f, attempt = self.task_failures, ?delay,
               "workflow task failed; it will be retried");
         self.pause(delay).await
@@ -81,12 +165,14 @@ impl Driver {
     }
 
     /// Records the run's outcome (only while it is PENDING and held by this executor), after
-    /// applying the parent close policy of its open children.
+    /// applying the parent close policy of its open children; once more after it, for a child
+    /// whose start was in flight (see [`policies::apply_parent_close_policy`]).
     pub(super) async fn finish(&mut self, outcome: TerminalOutcome, next_run: Option<String>) {
         self.abort_activities();
         // Children are known from the run's unresolved child commands; a run closed before its
         // history was loaded (timed out at claim, bad input) looks them up.
-        if !self.children.is_empty() || self.history.is_empty() {
+        let has_children = !self.children.is_empty();
+        if has_children || self.history.is_empty() {
             self.apply_parent_close_policy().await;
         }
         let dbos = outcome.to_dbos();
@@ -108,6 +194,9 @@ impl Driver {
             {
                 Ok(CompleteResult::Recorded) => {
                     debug!(run_id = %run_id, "run finished");
+                    if has_children {
+                        self.apply_parent_close_policy().await;
+                    }
                     return;
                 }
                 Ok(CompleteResult::AlreadyDecided(s)) => {
@@ -263,9 +352,8 @@ impl Driver {
     /// The workflow retry policy of the run, normalized; `None` without one (Temporal does not
     /// retry workflows by default) or when it cannot be read.
     fn retry_policy(&self) -> Option<ProtoRetryPolicy> {
-        let json = self.attrs.retry_policy.as_ref()?;
-        match serde_json::from_value::<ProtoRetryPolicy>(json.clone()) {
-            Ok(p) => Some(normalize_retry(Some(p))),
+        match stored_retry_policy(&self.attrs) {
+            Ok(p) => p,
             Err(e) => {
                 warn!(run_id = %self.run_id, error = %e, "the workflow retry policy does not decode; not retrying");
                 None
@@ -279,31 +367,29 @@ impl Driver {
     /// run's id; `None` when nothing follows (or the worker halts).
     async fn start_next_run(&mut self, closing: Closing<'_>) -> Option<String> {
         let now = dbos_core::now_ms();
-        let in_time = |delay: Duration| {
-            let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-            self.attrs.execution_deadline_ms.is_none_or(|d| at < d)
-        };
         let attempt = self.attrs.attempt.max(1);
-        let retry = match &closing {
-            Closing::Failed(f) => Some(*f),
-            Closing::RunTimedOut => None,
+        let timeout = Failure::default();
+        let failure = match &closing {
+            Closing::Failed(f) => *f,
+            Closing::RunTimedOut => &timeout,
             Closing::Completed | Closing::ExecutionTimedOut => {
                 return self.start_cron_run(closing, now).await;
             }
         };
-        if let Some(policy) = self.retry_policy() {
-            let timeout = Failure::default();
-            match activity::retry_decision(&policy, attempt, retry.unwrap_or(&timeout)) {
-                Ok(delay) if in_time(delay) => {
-                    info!(run_id = %self.run_id, attempt, ?delay, "workflow run failed; retrying");
-                    return self.enqueue_next(attempt + 1, delay).await;
-                }
-                Ok(delay) => {
-                    debug!(run_id = %self.run_id, ?delay, "no retry: it would start after the execution deadline");
-                }
-                Err(state) => {
-                    debug!(run_id = %self.run_id, ?state, "no retry");
-                }
+        let policy = self.retry_policy();
+        match workflow_retry(
+            policy.as_ref(),
+            attempt,
+            failure,
+            now,
+            self.attrs.execution_deadline_ms,
+        ) {
+            Ok(delay) => {
+                info!(run_id = %self.run_id, attempt, ?delay, "workflow run failed; retrying");
+                return self.enqueue_next(attempt + 1, delay).await;
+            }
+            Err(state) => {
+                debug!(run_id = %self.run_id, ?state, "no retry");
             }
         }
         self.start_cron_run(closing, now).await
