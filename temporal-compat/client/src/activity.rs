@@ -794,7 +794,8 @@ impl<A: ActivityDefinition> ActivityExecutionDescription<A> {
         to_system_time(&self.raw_info.last_started_time)
     }
 
-    /// Not recorded by DBOSify: `None`.
+    /// When the last heartbeat was recorded (by the worker, or through an async activity
+    /// handle); `None` before the first.
     pub fn last_heartbeat_time(&self) -> Option<SystemTime> {
         to_system_time(&self.raw_info.last_heartbeat_time)
     }
@@ -1005,11 +1006,17 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
             protocol::heartbeat_time_key(seq),
             protocol::async_heartbeat_key(seq),
         );
-        let (attempt, heartbeat, cancel, beat_at, async_beat_at) = tokio::join!(
+        // The heartbeat's time is read before its details: both are written by one statement,
+        // so a time that is seen comes with its details (concurrent reads could see the time
+        // of a heartbeat whose details they read before it committed).
+        let beat = async {
+            let at = db.get_event(&run, &tkey, None).await;
+            (at, db.get_event(&run, &hkey, None).await)
+        };
+        let (attempt, (beat_at, heartbeat), cancel, async_beat_at) = tokio::join!(
             db.get_event(&run, &akey, None),
-            db.get_event(&run, &hkey, None),
+            beat,
             db.get_event(&run, &ckey, None),
-            db.get_event(&run, &tkey, None),
             db.get_event(&run, &async_tkey, None),
         );
         // The later of the worker's recorded heartbeat and an async handle's heartbeat.
