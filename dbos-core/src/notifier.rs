@@ -225,6 +225,8 @@ impl Shared {
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
     outbox: mpsc::UnboundedSender<String>,
+    /// The namespace's NOTIFY channel.
+    channel: String,
 }
 
 /// A registered interest in one key. Register before probing; drop when done (dropping
@@ -246,15 +248,9 @@ impl Waiter {
     /// whichever comes first. The caller re-probes the database afterwards. A wake that arrived
     /// since the last wait (for example between a probe and this call) returns at once.
     pub async fn wait(&self, deadline: Option<Instant>) {
-        let mut until = Instant::now() + self.shared.fallback;
-        if let Some(d) = deadline {
-            until = until.min(d);
-        }
-        let _ = tokio::time::timeout_at(until, self.notify.notified()).await;
+        self.wait_woken(deadline).await;
     }
-}
 
-impl Waiter {
     /// [`Self::wait`], telling whether it ended by a wake-up (`true`) rather than by the
     /// fallback interval or the deadline.
     pub(crate) async fn wait_woken(&self, deadline: Option<Instant>) -> bool {
@@ -323,8 +319,17 @@ impl Notifier {
             shared.clone(),
         ));
         let (outbox, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(options.clone(), channel, rx, shared.clone()));
-        Ok(Self { shared, outbox })
+        tokio::spawn(send_loop(
+            options.clone(),
+            channel.clone(),
+            rx,
+            shared.clone(),
+        ));
+        Ok(Self {
+            shared,
+            outbox,
+            channel,
+        })
     }
 
     /// Registers interest in `key`.
@@ -448,14 +453,14 @@ pub(crate) struct Hints<'a> {
     notifier: &'a Notifier,
     keys: Vec<WakeKey>,
     payloads: Vec<String>,
-    channel: String,
+    channel: &'a str,
     _slot: Option<InlineSlot<'a>>,
 }
 
 impl Hints<'_> {
     /// The namespace's NOTIFY channel.
     pub(crate) fn channel(&self) -> &str {
-        &self.channel
+        self.channel
     }
 
     /// The payloads the statement must publish (empty when not inline).
@@ -481,7 +486,7 @@ impl Hints<'_> {
 
 impl Notifier {
     /// The wake-ups of one write of `keys` (inline when the slot is free).
-    pub(crate) fn hints(&self, schema: &str, keys: Vec<WakeKey>) -> Hints<'_> {
+    pub(crate) fn hints(&self, keys: Vec<WakeKey>) -> Hints<'_> {
         let slot = if keys.is_empty() {
             None
         } else {
@@ -496,7 +501,7 @@ impl Notifier {
             notifier: self,
             keys,
             payloads,
-            channel: channel_name(schema),
+            channel: &self.channel,
             _slot: slot,
         }
     }
@@ -779,7 +784,7 @@ impl crate::SystemDatabase {
 
     /// The wake-ups of one write of `keys` (see [`Hints`]).
     pub(crate) fn hints(&self, keys: Vec<WakeKey>) -> Hints<'_> {
-        self.inner.notifier.hints(self.schema(), keys)
+        self.inner.notifier.hints(keys)
     }
 
     /// Counters of this handle's notification plumbing.

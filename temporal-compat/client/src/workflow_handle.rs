@@ -685,17 +685,16 @@ where
                 // A worker that claimed the request and then died took it with it: once the run
                 // has been recovered, a request no longer waiting in its inbox is sent again
                 // (same query id: any answer lands under the same key).
-                let Some(now) = db.status(&run).await? else {
+                let Some(current) = db.status(&run).await? else {
                     break;
                 };
-                if now.recovery_attempts > recoveries {
-                    recoveries = now.recovery_attempts;
-                    let last = sent.last().cloned().unwrap_or_default();
+                if current.recovery_attempts > recoveries {
+                    recoveries = current.recovery_attempts;
                     let waiting = db
                         .peek_messages(&run, Some(protocol::QUERY_TOPIC), 1000)
                         .await?
                         .iter()
-                        .any(|m| m.message_id == last);
+                        .any(|m| sent.last() == Some(&m.message_id));
                     if !waiting {
                         debug!(run = %run, query_id = %query_id, "run recovered while queried; sending the query again");
                         sent.push(
