@@ -81,14 +81,11 @@ impl CronSchedule {
                 kind: CronKind::Every(d.as_secs().max(1)),
             });
         }
-        let pattern = match s.to_ascii_lowercase().as_str() {
-            "@yearly" | "@annually" => "0 0 1 1 *".to_string(),
-            "@monthly" => "0 0 1 * *".to_string(),
-            "@weekly" => "0 0 * * 0".to_string(),
-            "@daily" | "@midnight" => "0 0 * * *".to_string(),
-            "@hourly" => "0 * * * *".to_string(),
-            other if other.starts_with('@') => return Err(refuse("unknown descriptor")),
-            _ => s.to_string(),
+        let lower = s.to_ascii_lowercase();
+        let pattern = match cron_descriptor(&lower) {
+            Some(p) => p.to_string(),
+            None if lower.starts_with('@') => return Err(refuse("unknown descriptor")),
+            None => s.to_string(),
         };
         let fields = pattern.split_whitespace().count();
         if fields != 5 {
@@ -168,6 +165,19 @@ impl CronSchedule {
             u64::try_from(at - now_ms).unwrap_or(0),
         ))
     }
+}
+
+/// The 5-field pattern (`minute hour day-of-month month day-of-week`) a cron descriptor such as
+/// `@daily` stands for (exact, lower-case match); `None` for anything else.
+pub(crate) fn cron_descriptor(text: &str) -> Option<&'static str> {
+    Some(match text {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
 }
 
 /// Parses a Go duration (`300ms`, `1.5h`, `2h45m`); the units are `ns`, `us`/`µs`, `ms`, `s`,
@@ -450,32 +460,9 @@ mod tests {
 
     #[test]
     fn deadlines_pick_the_earlier_timeout() {
-        let mut status = WorkflowStatus {
-            workflow_id: "W".into(),
-            state: RunState::Enqueued,
-            name: "wf".into(),
-            queue_name: Some("q".into()),
-            executor_id: None,
-            inputs: None,
-            output: None,
-            error: None,
-            serialization: None,
-            created_at_ms: 1_000,
-            updated_at_ms: 1_000,
-            started_at_ms: None,
-            completed_at_ms: None,
-            recovery_attempts: 0,
-            priority: 0,
-            deduplication_id: None,
-            timeout_ms: None,
-            deadline_epoch_ms: None,
-            parent_workflow_id: None,
-            attributes: None,
-            application_version: None,
-            forked_from: None,
-            delay_until_epoch_ms: None,
-            claim_facts: None,
-        };
+        let mut status = crate::protocol::tests::row(RunState::Enqueued, None, None);
+        status.created_at_ms = 1_000;
+        status.updated_at_ms = 1_000;
         let mut attrs = RunAttributes::new("W", "wf", "q");
         assert_eq!(run_deadline(&status, &attrs), None);
         attrs.run_timeout_ms = Some(500);

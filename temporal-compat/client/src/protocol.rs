@@ -1029,7 +1029,7 @@ pub const STANDALONE_SEQ: u32 = 1;
 
 /// The DBOS run id of run `index` of standalone activity `activity_id`.
 pub fn activity_run_id(activity_id: &str, index: u64) -> String {
-    run_id(&format!("{ACTIVITY_RUN_PREFIX}{activity_id}"), index)
+    run_id(&activity_run_base(activity_id), index)
 }
 
 /// The run base (`__temporal_activity/A`) of standalone activity `activity_id`.
@@ -1225,7 +1225,7 @@ pub enum ActivityEnd {
 json_codec!(ActivityEnd => "standalone activity outcome");
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use temporalio_protos::temporal::api::failure::v1::{ApplicationFailureInfo, failure};
 
@@ -1353,7 +1353,12 @@ mod tests {
         assert!(decode_failure("the failure", "nope").is_err());
     }
 
-    fn row(state: RunState, output: Option<String>, error: Option<String>) -> WorkflowStatus {
+    /// A `workflow_status` row of run `W` (type `wf`, queue `q`) for unit tests.
+    pub(crate) fn row(
+        state: RunState,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> WorkflowStatus {
         WorkflowStatus {
             workflow_id: "W".into(),
             state,

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use dbos_core::{SystemDatabase, WakeKey};
+use dbos_core::{ScheduleWakeup, SystemDatabase, WakeKey};
 use futures::future::select_all;
 use temporal_compat_client::schedules::fire_due;
 use tokio::time::Instant;
@@ -31,24 +31,12 @@ pub(crate) async fn run(db: SystemDatabase, stop: CancellationToken) {
     while !stop.is_cancelled() {
         // Register before probing: a change committed during the probe still wakes us.
         let changed = db.register_waiter(WakeKey::Schedules);
-        let fired = match fire_due(&db, ROUND).await {
-            Ok(n) => n,
+        let wakeup = match fire_round(&db).await {
+            Ok(Some(w)) => w,
+            // A full round: more may be due at once.
+            Ok(None) => continue,
             Err(e) => {
                 warn!(error = %e, "firing due schedules failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(FAILURE_PAUSE) => {}
-                    _ = stop.cancelled() => break,
-                }
-                continue;
-            }
-        };
-        if fired == ROUND {
-            continue;
-        }
-        let wakeup = match db.next_schedule_wakeup().await {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "reading the next schedule wake-up failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(FAILURE_PAUSE) => {}
                     _ = stop.cancelled() => break,
@@ -96,4 +84,13 @@ pub(crate) async fn run(db: SystemDatabase, stop: CancellationToken) {
             _ = stop.cancelled() => break,
         }
     }
+}
+
+/// Fires up to [`ROUND`] due schedules. `None` when the round was full (more may be due at
+/// once); otherwise when to look again.
+async fn fire_round(db: &SystemDatabase) -> Result<Option<ScheduleWakeup>, dbos_core::Error> {
+    if fire_due(db, ROUND).await? == ROUND {
+        return Ok(None);
+    }
+    db.next_schedule_wakeup().await.map(Some)
 }

@@ -218,13 +218,6 @@ pub(crate) enum Op {
     Replace(Box<proto::Schedule>),
 }
 
-/// What one evaluation decided (for logs and tests).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Decision {
-    /// Run ids it asked to start.
-    pub(crate) started: Vec<String>,
-}
-
 /// The one evaluation of a schedule row (see the module documentation). Pure: the caller's
 /// transaction writes the returned change.
 pub(crate) fn evaluate(
@@ -233,7 +226,7 @@ pub(crate) fn evaluate(
     op: &Op,
     now: i64,
     max_value_bytes: usize,
-) -> (Option<ScheduleChange>, Result<Decision, String>) {
+) -> (Option<ScheduleChange>, Result<(), String>) {
     let mut state = State::decode(&row.state);
     let mut schedule = match op {
         Op::Replace(s) => (**s).clone(),
@@ -376,7 +369,6 @@ pub(crate) fn evaluate(
         // than failing this evaluation again and again.
         return invalid(row, State::decode(&row.state), e);
     }
-    let started: Vec<String> = ctx.start.iter().map(|r| r.workflow_id.clone()).collect();
     let wake_on_finish = !state.buffer.is_empty()
         || (policies.pause_on_failure && !(ctx.open.is_empty() && ctx.start.is_empty()));
     schedule.state = Some(sched_state);
@@ -389,7 +381,7 @@ pub(crate) fn evaluate(
         cancel: ctx.cancel,
         start: ctx.start,
     };
-    (Some(change), Ok(Decision { started }))
+    (Some(change), Ok(()))
 }
 
 /// A stored definition that cannot be used: record why and stop firing (never spin on it).
@@ -397,7 +389,7 @@ fn invalid(
     row: &ScheduleRow,
     mut state: State,
     reason: String,
-) -> (Option<ScheduleChange>, Result<Decision, String>) {
+) -> (Option<ScheduleChange>, Result<(), String>) {
     warn!(schedule_id = %row.schedule_id, reason = %reason, "schedule cannot fire");
     state.invalid = Some(reason.clone());
     (
@@ -507,10 +499,9 @@ fn start(ctx: &mut Ctx<'_>, state: &mut State, nominal: i64, manual: bool) {
     } else {
         0
     };
-    match start_request(ctx.schedule_id, &ctx.info, &workflow_id, nominal, jitter)
-        .and_then(|r| check_request(&r, ctx.max_value_bytes).map(|()| r))
-    {
-        Ok(request) => {
+    let request = start_request(ctx.schedule_id, &ctx.info, &workflow_id, nominal, jitter);
+    match check_request(&request, ctx.max_value_bytes) {
+        Ok(()) => {
             ctx.open.push(workflow_id.clone());
             state.action_count += 1;
             state.recent.push(RecentAction {
@@ -587,7 +578,7 @@ fn start_request(
     workflow_id: &str,
     nominal: i64,
     jitter_ms: i64,
-) -> Result<EnqueueRequest, String> {
+) -> EnqueueRequest {
     let workflow_type = info
         .workflow_type
         .as_ref()
@@ -636,7 +627,7 @@ fn start_request(
             u64::try_from(jitter_ms).unwrap_or(0),
         ));
     }
-    Ok(request)
+    request
 }
 
 /// Evaluates one schedule with `op` in one transaction. `Ok(None)` for [`ScheduleTarget::Due`]
@@ -645,7 +636,7 @@ pub(crate) async fn run_op(
     db: &SystemDatabase,
     target: ScheduleTarget<'_>,
     op: &Op,
-) -> Result<Option<Result<Decision, String>>, dbos_core::Error> {
+) -> Result<Option<Result<(), String>>, dbos_core::Error> {
     let done = db
         .evaluate_schedule(target, |row, runs| {
             evaluate(

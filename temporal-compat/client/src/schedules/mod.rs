@@ -19,13 +19,13 @@ pub(crate) mod spec;
 #[doc(hidden)]
 pub use engine::fire_due;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dbos_core::{NewSchedule, ScheduleRow, ScheduleTarget, SystemDatabase};
+use dbos_core::{NewSchedule, ScheduleRow, ScheduleTarget, SystemDatabase, WorkflowStatus};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, Stream};
 use temporalio_common_wasm::HasWorkflowDefinition;
@@ -1065,15 +1065,36 @@ fn future_times(
     out.into_iter().map(ms_to_timestamp).collect()
 }
 
-/// Recent actions with the current status of their runs.
-async fn recent_actions(
+/// The current status of each of `ids` that exists, read in one statement.
+async fn statuses_by_id(
     db: &SystemDatabase,
+    ids: &[String],
+) -> Result<HashMap<String, WorkflowStatus>, ScheduleError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(db
+        .statuses(ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.workflow_id.clone(), s))
+        .collect())
+}
+
+/// The run ids of a schedule's recent actions.
+fn recent_run_ids(state: &State) -> impl Iterator<Item = String> + '_ {
+    state.recent.iter().map(|a| a.run_id.clone())
+}
+
+/// Recent actions with the current status of their runs (`statuses` from [`statuses_by_id`]).
+fn recent_actions(
+    statuses: &HashMap<String, WorkflowStatus>,
     state: &State,
 ) -> Result<Vec<schedule_proto::ScheduleActionResult>, ScheduleError> {
     let mut out = Vec::with_capacity(state.recent.len());
     for a in &state.recent {
-        let status = match db.status(&a.run_id).await? {
-            Some(s) => protocol::execution_status(&s).map_err(ScheduleError::from)? as i32,
+        let status = match statuses.get(&a.run_id) {
+            Some(s) => protocol::execution_status(s).map_err(ScheduleError::from)? as i32,
             None => 0,
         };
         out.push(schedule_proto::ScheduleActionResult {
@@ -1153,17 +1174,22 @@ impl ScheduleHandle<Client> {
             });
         }
         let state = State::decode(&row.state);
-        let mut running = Vec::new();
-        for id in &row.running {
-            if let Some(s) = db.status(id).await?
-                && !s.state.is_terminal()
-            {
-                running.push(common_proto::WorkflowExecution {
-                    workflow_id: protocol::parse_run_id(id).0.to_string(),
-                    run_id: id.clone(),
-                });
-            }
-        }
+        let ids: Vec<String> = row
+            .running
+            .iter()
+            .cloned()
+            .chain(recent_run_ids(&state))
+            .collect();
+        let statuses = statuses_by_id(&db, &ids).await?;
+        let running = row
+            .running
+            .iter()
+            .filter(|id| statuses.get(*id).is_some_and(|s| !s.state.is_terminal()))
+            .map(|id| common_proto::WorkflowExecution {
+                workflow_id: protocol::parse_run_id(id).0.to_string(),
+                run_id: id.clone(),
+            })
+            .collect();
         let spec = spec_of(&schedule);
         let future = future_times(&schedule, &spec, row.next_fire_at_ms, DESCRIBE_FUTURE_TIMES);
         // `invalid_schedule_error` is deprecated in the proto but is the field that says why a
@@ -1176,7 +1202,7 @@ impl ScheduleHandle<Client> {
             buffer_dropped: state.buffer_dropped,
             buffer_size: i64::try_from(state.buffer.len()).unwrap_or(i64::MAX),
             running_workflows: running,
-            recent_actions: recent_actions(&db, &state).await?,
+            recent_actions: recent_actions(&statuses, &state)?,
             future_action_times: future,
             create_time: Some(ms_to_timestamp(row.created_at_ms)),
             update_time: state.update_ms.map(ms_to_timestamp),
@@ -1436,10 +1462,12 @@ async fn list_page(
 ) -> Result<Vec<ScheduleSummary>, ScheduleError> {
     let db = client.system_database().await?;
     let rows = db.list_schedules(after, page).await?;
+    let states: Vec<State> = rows.iter().map(|r| State::decode(&r.state)).collect();
+    let ids: Vec<String> = states.iter().flat_map(recent_run_ids).collect();
+    let statuses = statuses_by_id(&db, &ids).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (row, state) in rows.into_iter().zip(states) {
         let schedule = stored_schedule(&row)?;
-        let state = State::decode(&row.state);
         let spec = spec_of(&schedule);
         let sched_state = schedule.state.clone().unwrap_or_default();
         let info = schedule_proto::ScheduleListInfo {
@@ -1447,7 +1475,7 @@ async fn list_page(
             workflow_type: engine::start_info(&schedule).and_then(|i| i.workflow_type.clone()),
             notes: sched_state.notes.clone(),
             paused: sched_state.paused,
-            recent_actions: recent_actions(&db, &state).await?,
+            recent_actions: recent_actions(&statuses, &state)?,
             future_action_times: future_times(
                 &schedule,
                 &spec,

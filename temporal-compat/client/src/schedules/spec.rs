@@ -379,19 +379,15 @@ impl Calendar {
                 text = rest.trim().to_string();
             }
         }
-        let expanded = match text.as_str() {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            t if t.starts_with('@') => {
+        let expanded = match crate::policies::cron_descriptor(&text) {
+            Some(pattern) => pattern,
+            None if text.starts_with('@') => {
                 return Err(format!(
                     "cron string `{cron}` is not supported by DBOSify; use an interval spec \
                      (ScheduleSpec::from_interval) instead of `@every`"
                 ));
             }
-            t => t,
+            None => text.as_str(),
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
         let (second, rest) = match fields.len() {
