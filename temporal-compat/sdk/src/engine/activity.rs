@@ -34,7 +34,7 @@ use temporalio_common_wasm::protos::temporal::api::failure::v1::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Engine, duration_of, proto_duration, system_time_ms};
+use super::{Engine, IDLE_RECHECK, duration_of, proto_duration, system_time_ms};
 use crate::activities::{ActivityContext, ActivityInfo, HeartbeatSink};
 
 use temporal_compat_client::protocol::{
@@ -377,34 +377,46 @@ async fn await_async_outcome(
     let run = task.run_id.clone();
     let okey = async_outcome_key(task.seq, attempt);
     let hkey = async_heartbeat_key(task.seq);
+    let outcome_key = || dbos_core::WakeKey::Event(run.clone(), okey.clone());
+    let beat_key = || dbos_core::WakeKey::Event(run.clone(), hkey.clone());
     let mut last_beat = Instant::now();
+    // The handle's last heartbeat time seen: a heartbeat is a new value, not a wake-up.
+    let mut seen_beat: Option<String> = None;
     let mut cancel_recorded = false;
     let hb_timeout = task.heartbeat_timeout;
+    // Each waiter is registered before its key is read; the outcome is read again only when
+    // its waiter fires (or its read failed), not on every heartbeat.
+    let mut outcome_waiter = db.register_waiter(outcome_key());
+    let mut beat_waiter = db.register_waiter(beat_key());
+    let mut read_outcome = true;
+    let mut read_failed = false;
     loop {
-        let outcome_waiter =
-            db.register_waiter(dbos_core::WakeKey::Event(run.clone(), okey.clone()));
-        let beat_waiter = db.register_waiter(dbos_core::WakeKey::Event(run.clone(), hkey.clone()));
-        match db.get_event(&run, &okey, None).await {
-            Ok(Some(text)) => match AsyncOutcome::from_text(&text) {
-                Ok(AsyncOutcome::Completed { result }) => {
-                    return AttemptEnd::AsyncCompleted(result.into_iter().next());
-                }
-                Ok(AsyncOutcome::Failed { failure }) => {
-                    return AttemptEnd::AsyncFailed(Box::new(failure));
-                }
-                Ok(AsyncOutcome::Canceled { details }) => {
-                    return AttemptEnd::AsyncCanceled(details);
-                }
+        if read_outcome {
+            read_outcome = false;
+            read_failed = false;
+            match db.get_event(&run, &okey, None).await {
+                Ok(Some(text)) => match AsyncOutcome::from_text(&text) {
+                    Ok(AsyncOutcome::Completed { result }) => {
+                        return AttemptEnd::AsyncCompleted(result.into_iter().next());
+                    }
+                    Ok(AsyncOutcome::Failed { failure }) => {
+                        return AttemptEnd::AsyncFailed(Box::new(failure));
+                    }
+                    Ok(AsyncOutcome::Canceled { details }) => {
+                        return AttemptEnd::AsyncCanceled(details);
+                    }
+                    Err(e) => {
+                        let app = ApplicationFailure::builder(anyhow::anyhow!("{e}"))
+                            .non_retryable(true)
+                            .build();
+                        return AttemptEnd::Done(Err(ActivityError::Application(Box::new(app))));
+                    }
+                },
+                Ok(None) => {}
                 Err(e) => {
-                    let app = ApplicationFailure::builder(anyhow::anyhow!("{e}"))
-                        .non_retryable(true)
-                        .build();
-                    return AttemptEnd::Done(Err(ActivityError::Application(Box::new(app))));
+                    read_failed = true;
+                    warn!(run_id = %run, error = %e, "cannot read the asynchronous activity outcome; retrying")
                 }
-            },
-            Ok(None) => {}
-            Err(e) => {
-                warn!(run_id = %run, error = %e, "cannot read the asynchronous activity outcome; retrying")
             }
         }
         let deadline_sleep = async {
@@ -423,9 +435,23 @@ async fn await_async_outcome(
             }
         };
         tokio::select! {
-            _ = outcome_waiter.wait(None) => {}
-            _ = beat_waiter.wait(None) => {
-                if let Ok(Some(_)) = db.get_event(&run, &hkey, None).await {
+            // A failed read is retried at the fallback interval, else only on a wake-up.
+            _ = async {
+                if read_failed {
+                    outcome_waiter.wait(None).await
+                } else {
+                    outcome_waiter.wait_up_to(IDLE_RECHECK).await
+                }
+            } => {
+                outcome_waiter = db.register_waiter(outcome_key());
+                read_outcome = true;
+            }
+            _ = beat_waiter.wait_up_to(IDLE_RECHECK) => {
+                beat_waiter = db.register_waiter(beat_key());
+                if let Ok(Some(at)) = db.get_event(&run, &hkey, None).await
+                    && seen_beat.as_ref() != Some(&at)
+                {
+                    seen_beat = Some(at);
                     last_beat = Instant::now();
                 }
             }
@@ -461,14 +487,6 @@ async fn record_async_pending(engine: &Engine, task: &ActivityTask, attempt: u32
     }
 }
 
-/// Whether attempt `attempt` of a recovered task already returned `WillCompleteAsync`.
-async fn waits_async(engine: &Engine, task: &ActivityTask, attempt: u32) -> bool {
-    matches!(
-        engine.db.get_event(&task.run_id, &async_pending_key(task.seq), None).await,
-        Ok(Some(a)) if a.parse::<u32>().ok() == Some(attempt)
-    )
-}
-
 /// Executes an activity to its resolution (all attempts). Never panics on bad data.
 pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> ActivityResolution {
     let Some(invocation) = engine.activities.get(&task.activity_type) else {
@@ -502,19 +520,32 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
         ));
     };
 
+    // A recovered task's durable state, read concurrently: its attempt number, heartbeat
+    // details, and the attempt (if any) that already returned `WillCompleteAsync`.
+    let mut async_pending: Option<u32> = None;
     if task.recovered && !task.local {
         let run_id = task.run_id.clone();
-        let (akey, hkey) = (attempt_key(task.seq), heartbeat_key(task.seq));
-        if let Ok(Some(a)) = engine.db.get_event(&run_id, &akey, None).await
+        let (akey, hkey, pkey) = (
+            attempt_key(task.seq),
+            heartbeat_key(task.seq),
+            async_pending_key(task.seq),
+        );
+        let (a, h, p) = tokio::join!(
+            engine.db.get_event(&run_id, &akey, None),
+            engine.db.get_event(&run_id, &hkey, None),
+            engine.db.get_event(&run_id, &pkey, None),
+        );
+        if let Ok(Some(a)) = a
             && let Ok(a) = a.parse::<u32>()
         {
             task.first_attempt = task.first_attempt.max(a);
         }
-        if let Ok(Some(h)) = engine.db.get_event(&run_id, &hkey, None).await
+        if let Ok(Some(h)) = h
             && let Ok(details) = decode_payloads("heartbeat details", &h)
         {
             task.heartbeat_details = details;
         }
+        async_pending = p.ok().flatten().and_then(|a| a.parse().ok());
     }
 
     let schedule_deadline = task
@@ -629,8 +660,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             sink,
             engine.client.clone(),
         );
-        let resumed_async =
-            task.recovered && !task.local && waits_async(&engine, &task, attempt).await;
+        let resumed_async = async_pending == Some(attempt);
         engine
             .running_activities
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -683,6 +713,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, mut task: ActivityTask) -> Acti
             AttemptEnd::Done(Err(ActivityError::WillCompleteAsync)) if !task.local => {
                 if !resumed_async {
                     record_async_pending(&engine, &task, attempt).await;
+                    async_pending = Some(attempt);
                 }
                 debug!(run_id = %task.run_id, seq = task.seq, attempt, "activity completes asynchronously");
                 let end =

@@ -144,6 +144,13 @@ impl Engine {
     }
 }
 
+/// How often a waiting task (an idle run reading its inbox and status, a standalone activity
+/// watching its row, an async activity awaiting its outcome) re-reads without a notification.
+/// Every write that concerns it publishes one (and a lost LISTEN connection wakes every waiter
+/// when it is back), so this is a rare safety net: a short interval would cost every waiting
+/// task its reads once per interval.
+pub(crate) const IDLE_RECHECK: Duration = Duration::from_secs(30);
+
 /// Milliseconds of a proto duration (negative or absent: `None`).
 pub(crate) fn duration_of(d: &Option<prost_wkt_types::Duration>) -> Option<Duration> {
     let d = d.as_ref()?;

@@ -26,8 +26,8 @@ use temporalio_common_wasm::protos::temporal::api::failure::v1::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Engine;
 use super::activity::{self, ActivityTask, normalize_retry};
+use super::{Engine, IDLE_RECHECK};
 
 fn failure(message: impl Into<String>, info: FailureInfo) -> Failure {
     Failure {
@@ -173,12 +173,15 @@ pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
         },
         None => None,
     };
-    // A cancellation requested before any worker started it closes it at once.
-    if let Ok(Some(reason)) = engine
+    // Register before probing: a cancellation request or a status change from now on wakes the
+    // watcher below, which thus need not read the cancellation request again.
+    let ckey = cancel_requested_key(STANDALONE_SEQ);
+    let mut status_w = engine.db.register_waiter(WakeKey::Status(run.clone()));
+    let mut cancel_w = engine
         .db
-        .get_event(&run, &cancel_requested_key(STANDALONE_SEQ), None)
-        .await
-    {
+        .register_waiter(WakeKey::Event(run.clone(), ckey.clone()));
+    // A cancellation requested before any worker started it closes it at once.
+    if let Ok(Some(reason)) = engine.db.get_event(&run, &ckey, None).await {
         let f = failure(
             if reason.is_empty() {
                 "Activity cancelled".to_string()
@@ -247,19 +250,22 @@ pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
         let cancel = cancel.clone();
         let decided = decided.clone();
         tokio::spawn(async move {
-            let ckey = cancel_requested_key(STANDALONE_SEQ);
+            // The request was read above, after the waiters were registered.
+            let mut read_cancel = false;
             loop {
-                let status_w = engine.db.register_waiter(WakeKey::Status(run.clone()));
-                let cancel_w = engine
-                    .db
-                    .register_waiter(WakeKey::Event(run.clone(), ckey.clone()));
-                if !cancel.is_cancelled()
-                    && let Ok(Some(_)) = engine.db.get_event(&run, &ckey, None).await
-                {
+                let cancel_read = async {
+                    if read_cancel && !cancel.is_cancelled() {
+                        matches!(engine.db.get_event(&run, &ckey, None).await, Ok(Some(_)))
+                    } else {
+                        false
+                    }
+                };
+                let (requested, status) = tokio::join!(cancel_read, engine.db.status(&run));
+                if requested {
                     debug!(run_id = %run, "standalone activity cancellation requested");
                     cancel.cancel();
                 }
-                match engine.db.status(&run).await {
+                match status {
                     Ok(Some(s))
                         if s.state != RunState::Pending
                             || s.executor_id.as_deref() != Some(engine.executor_id.as_str()) =>
@@ -276,10 +282,15 @@ pub(crate) async fn run(engine: Arc<Engine>, status: WorkflowStatus) {
                     _ => {}
                 }
                 tokio::select! {
-                    _ = status_w.wait(None) => {}
-                    _ = cancel_w.wait(None) => {}
+                    _ = status_w.wait_up_to(IDLE_RECHECK) => {}
+                    _ = cancel_w.wait_up_to(IDLE_RECHECK) => {}
                     _ = engine.halt.cancelled() => return,
                 }
+                read_cancel = true;
+                status_w = engine.db.register_waiter(WakeKey::Status(run.clone()));
+                cancel_w = engine
+                    .db
+                    .register_waiter(WakeKey::Event(run.clone(), ckey.clone()));
             }
         })
     };

@@ -42,7 +42,7 @@ mod replay;
 mod updates;
 
 use super::activity::{self, ActivityTask, cancelled_resolution, normalize_retry};
-use super::{CallError, Engine, cache, children, duration_of, ms_of, timestamp_ms};
+use super::{CallError, Engine, IDLE_RECHECK, cache, children, duration_of, ms_of, timestamp_ms};
 use crate::history::{self, ACTIVATION_STEP, CommandKey, Recorded};
 use crate::host::{TaskFailure, WorkflowRun};
 use crate::registry::InstanceInput;
@@ -83,12 +83,6 @@ enum Flow {
     /// The run is over for this worker (finished, decided elsewhere, or halted).
     Stop,
 }
-
-/// How often an idle run re-reads its inbox and status without a notification. Every write
-/// that concerns it publishes one (and a lost LISTEN connection wakes every waiter when it is
-/// back), so this is a rare safety net: a short interval would cost every idle held run two
-/// reads per interval.
-const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 const TRY_CANCEL: i32 = 0;
 /// `ChildWorkflowCancellationType::Abandon`.
