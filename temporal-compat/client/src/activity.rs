@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use dbos_core::{RunState, SystemDatabase, WorkflowStatus};
 use futures::Stream;
 use temporalio_common_wasm::data_converters::{
-    ActivitySerializationContext, DataConverter, DecodablePayloads, NoopDecodeHint,
-    PayloadConversionError, SerializationContextData, TemporalDeserializable,
+    DataConverter, DecodablePayloads, NoopDecodeHint, PayloadConversionError,
+    TemporalDeserializable,
 };
 use temporalio_common_wasm::error::IncomingError;
 use temporalio_common_wasm::search_attributes::{
@@ -51,43 +51,9 @@ use crate::protocol::{
 };
 use crate::visibility::{self, Target};
 use crate::workflow_handle::terminate_run;
-use crate::{Client, ClientError, NamespacedClient};
-
-fn act_ctx() -> SerializationContextData {
-    SerializationContextData::Activity(ActivitySerializationContext::new())
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn dur(ms: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-fn to_system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t.as_ref()?;
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-fn to_duration(d: &Option<prost_types::Duration>) -> Option<Duration> {
-    let d = d.as_ref()?;
-    let secs = u64::try_from(d.seconds).ok()?;
-    let nanos = u32::try_from(d.nanos).ok()?;
-    Some(Duration::new(secs, nanos))
-}
+use crate::{
+    Client, ClientError, NamespacedClient, act_ctx, dur, ms, to_duration, to_system_time, ts,
+};
 
 // ------------------------------------------------------------------------------------------
 // Options
@@ -316,22 +282,11 @@ pub enum ActivityInteractionError {
     Other(#[from] Box<dyn std::error::Error + Send + Sync>),
 }
 
-macro_rules! from_protocol_errors {
+crate::errors::from_protocol!(ActivityResultError, ActivityInteractionError);
+crate::errors::from_protocol!(no_not_found: StartActivityError);
+
+macro_rules! from_status {
     ($($t:ty),*) => {$(
-        impl From<ProtocolError> for $t {
-            fn from(e: ProtocolError) -> Self {
-                match crate::errors::classify(e) {
-                    crate::errors::Surface::NotFound(s) => Self::NotFound(s),
-                    crate::errors::Surface::Status(s) => Self::Rpc(s),
-                    crate::errors::Surface::Payload(p) => Self::PayloadConversion(p),
-                }
-            }
-        }
-        impl From<dbos_core::Error> for $t {
-            fn from(e: dbos_core::Error) -> Self {
-                ProtocolError::from(e).into()
-            }
-        }
         impl From<tonic::Status> for $t {
             fn from(s: tonic::Status) -> Self {
                 if s.code() == tonic::Code::NotFound { Self::NotFound(s) } else { Self::Rpc(s) }
@@ -339,22 +294,7 @@ macro_rules! from_protocol_errors {
         }
     )*};
 }
-from_protocol_errors!(ActivityResultError, ActivityInteractionError);
-
-impl From<ProtocolError> for StartActivityError {
-    fn from(e: ProtocolError) -> Self {
-        match crate::errors::classify(e) {
-            crate::errors::Surface::NotFound(s) | crate::errors::Surface::Status(s) => Self::Rpc(s),
-            crate::errors::Surface::Payload(p) => Self::PayloadConversion(p),
-        }
-    }
-}
-
-impl From<dbos_core::Error> for StartActivityError {
-    fn from(e: dbos_core::Error) -> Self {
-        ProtocolError::from(e).into()
-    }
-}
+from_status!(ActivityResultError, ActivityInteractionError);
 
 fn invalid(msg: impl Into<String>) -> StartActivityError {
     StartActivityError::Rpc(tonic::Status::invalid_argument(msg.into()))
@@ -500,6 +440,7 @@ fn row_outcome(
     })
 }
 
+/// The status of an activity row; a closed row whose outcome does not decode counts as failed.
 fn row_status(status: &WorkflowStatus) -> ProtoActivityStatus {
     match row_outcome(status) {
         Ok(Some((s, _))) => s,
@@ -519,10 +460,13 @@ fn ids_of(status: &WorkflowStatus) -> (String, String) {
     (id, run)
 }
 
-fn list_info(status: &WorkflowStatus) -> Result<RawListInfo, ProtocolError> {
+/// The list form of an activity row whose status is `state` (see [`row_status`]).
+fn list_info(
+    status: &WorkflowStatus,
+    state: ProtoActivityStatus,
+) -> Result<RawListInfo, ProtocolError> {
     let attrs = RunAttributes::of_run(status)?;
     let (activity_id, run_id) = ids_of(status);
-    let state = row_status(status);
     let close_ms = (state != ProtoActivityStatus::Running)
         .then(|| status.completed_at_ms.unwrap_or(status.updated_at_ms));
     Ok(RawListInfo {
@@ -934,6 +878,23 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
         activity_row(db, &self.activity_id, self.run_id.as_deref()).await
     }
 
+    /// The row of the targeted run; `NotFound` when it is closed.
+    async fn open_row(
+        &self,
+        db: &SystemDatabase,
+    ) -> Result<WorkflowStatus, ActivityInteractionError> {
+        let row = self.row(db).await?;
+        if row_outcome(&row)?.is_some() {
+            return Err(ActivityInteractionError::NotFound(
+                tonic::Status::not_found(format!(
+                    "activity run `{}` is already closed",
+                    ids_of(&row).1
+                )),
+            ));
+        }
+        Ok(row)
+    }
+
     /// Waits for the activity to close and returns its result.
     ///
     /// # Errors
@@ -1042,7 +1003,7 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
             (None, RunState::Pending, _) => ProtoPendingState::Started,
             (None, _, _) => ProtoPendingState::Scheduled,
         };
-        let list = list_info(&row)?;
+        let list = list_info(&row, state)?;
         let retry_policy: Option<ProtoRetryPolicy> = act
             .retry_policy
             .as_ref()
@@ -1122,15 +1083,7 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
         options: ActivityCancelOptions,
     ) -> Result<(), ActivityInteractionError> {
         let db = self.client.system_database().await?;
-        let row = self.row(&db).await?;
-        if row_outcome(&row)?.is_some() {
-            return Err(ActivityInteractionError::NotFound(
-                tonic::Status::not_found(format!(
-                    "activity run `{}` is already closed",
-                    ids_of(&row).1
-                )),
-            ));
-        }
+        let row = self.open_row(&db).await?;
         db.set_event(
             &row.workflow_id,
             &protocol::cancel_requested_key(STANDALONE_SEQ),
@@ -1150,15 +1103,7 @@ impl<A: ActivityDefinition> ActivityHandle<Client, A> {
         options: ActivityTerminateOptions,
     ) -> Result<(), ActivityInteractionError> {
         let db = self.client.system_database().await?;
-        let row = self.row(&db).await?;
-        if row_outcome(&row)?.is_some() {
-            return Err(ActivityInteractionError::NotFound(
-                tonic::Status::not_found(format!(
-                    "activity run `{}` is already closed",
-                    ids_of(&row).1
-                )),
-            ));
-        }
+        let row = self.open_row(&db).await?;
         terminate_run(
             &db,
             &row.workflow_id,
@@ -1399,7 +1344,10 @@ impl Client {
             .map(|p| p.filter)
             .map_err(invalid_query);
         let inner = page_rows(self.clone(), filter, None, |row, _client| async move {
-            Ok(ActivityExecutionInfo::from(list_info(&row)?))
+            Ok(ActivityExecutionInfo::from(list_info(
+                &row,
+                row_status(&row),
+            )?))
         });
         ListActivitiesStream { inner }
     }

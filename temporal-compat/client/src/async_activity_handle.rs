@@ -11,10 +11,7 @@
 //! Identification: by task token (`ActivityInfo::task_token`, any time), or by workflow id +
 //! activity id / standalone activity id once the activity has returned `WillCompleteAsync`.
 
-use temporalio_common_wasm::data_converters::{
-    ActivitySerializationContext, PayloadConversionError, SerializationContextData,
-    TemporalSerializable,
-};
+use temporalio_common_wasm::data_converters::{PayloadConversionError, TemporalSerializable};
 use temporalio_common_wasm::error::{ApplicationFailure, OutgoingActivityError, OutgoingError};
 use temporalio_protos::TaskToken;
 use temporalio_protos::temporal::api::common::v1::Payload;
@@ -22,12 +19,8 @@ use tracing::debug;
 
 use crate::activity::activity_row;
 use crate::options::RpcOptions;
-use crate::protocol::{self, AsyncOutcome, ProtocolError, STANDALONE_SEQ, TaskTokenParts};
-use crate::{Client, NamespacedClient};
-
-fn act_ctx() -> SerializationContextData {
-    SerializationContextData::Activity(ActivitySerializationContext::new())
-}
+use crate::protocol::{self, AsyncOutcome, STANDALONE_SEQ, TaskTokenParts};
+use crate::{Client, NamespacedClient, act_ctx};
 
 /// Errors of [`AsyncActivityHandle`] operations.
 #[derive(Debug, thiserror::Error)]
@@ -45,21 +38,7 @@ pub enum AsyncActivityError {
     Rpc(#[from] tonic::Status),
 }
 
-impl From<ProtocolError> for AsyncActivityError {
-    fn from(e: ProtocolError) -> Self {
-        match crate::errors::classify(e) {
-            crate::errors::Surface::NotFound(s) => Self::NotFound(s),
-            crate::errors::Surface::Status(s) => Self::Rpc(s),
-            crate::errors::Surface::Payload(p) => Self::PayloadConversion(p),
-        }
-    }
-}
-
-impl From<dbos_core::Error> for AsyncActivityError {
-    fn from(e: dbos_core::Error) -> Self {
-        ProtocolError::from(e).into()
-    }
-}
+crate::errors::from_protocol!(AsyncActivityError);
 
 fn not_found(msg: impl Into<String>) -> AsyncActivityError {
     AsyncActivityError::NotFound(tonic::Status::not_found(msg.into()))
@@ -240,16 +219,7 @@ impl AsyncActivityHandle<Client> {
     async fn deliver(&self, outcome: AsyncOutcome) -> Result<(), AsyncActivityError> {
         let db = self.client.system_database().await?;
         let t = self.target(&db).await?;
-        let key = protocol::async_outcome_key(t.seq, t.attempt);
-        if db.get_event(&t.run, &key, None).await?.is_some() {
-            return Err(not_found(format!(
-                "attempt {} of activity {} of run `{}` was already completed",
-                t.attempt, t.seq, t.run
-            )));
-        }
-        db.set_event(&t.run, &key, &outcome.to_text()).await?;
-        debug!(run = %t.run, seq = t.seq, attempt = t.attempt, "asynchronous activity outcome recorded");
-        Ok(())
+        deliver_to(&db, &t, outcome).await
     }
 
     async fn payloads<T: TemporalSerializable + Send + 'static>(
@@ -278,7 +248,7 @@ impl AsyncActivityHandle<Client> {
     where
         T: TemporalSerializable + Send + 'static,
     {
-        refuse_metadata(&rpc_options)?;
+        rpc_options.refuse_metadata()?;
         let result = self.payloads(result).await?;
         self.deliver(AsyncOutcome::Completed { result }).await
     }
@@ -298,23 +268,24 @@ impl AsyncActivityHandle<Client> {
         E: Into<ApplicationFailure>,
         T: TemporalSerializable + Send + 'static,
     {
-        refuse_metadata(&rpc_options)?;
+        rpc_options.refuse_metadata()?;
         let failure = self.client.data_converter().to_failure(
             &act_ctx(),
             OutgoingError::Activity(OutgoingActivityError::Application(Box::new(failure.into()))),
         );
-        if last_heartbeat_details.is_some() {
-            let details = self.payloads(last_heartbeat_details).await?;
-            let db = self.client.system_database().await?;
-            let t = self.target(&db).await?;
-            db.set_event(
-                &t.run,
-                &protocol::heartbeat_key(t.seq),
-                &protocol::encode_payloads(&details),
-            )
-            .await?;
+        if last_heartbeat_details.is_none() {
+            return self.deliver(AsyncOutcome::Failed { failure }).await;
         }
-        self.deliver(AsyncOutcome::Failed { failure }).await
+        let details = self.payloads(last_heartbeat_details).await?;
+        let db = self.client.system_database().await?;
+        let t = self.target(&db).await?;
+        db.set_event(
+            &t.run,
+            &protocol::heartbeat_key(t.seq),
+            &protocol::encode_payloads(&details),
+        )
+        .await?;
+        deliver_to(&db, &t, AsyncOutcome::Failed { failure }).await
     }
 
     /// Reports that the activity accepted its cancellation.
@@ -329,7 +300,7 @@ impl AsyncActivityHandle<Client> {
     where
         T: TemporalSerializable + Send + 'static,
     {
-        refuse_metadata(&rpc_options)?;
+        rpc_options.refuse_metadata()?;
         let details = self.payloads(details).await?;
         self.deliver(AsyncOutcome::Canceled { details }).await
     }
@@ -347,7 +318,7 @@ impl AsyncActivityHandle<Client> {
     where
         T: TemporalSerializable + Send + 'static,
     {
-        refuse_metadata(&rpc_options)?;
+        rpc_options.refuse_metadata()?;
         let has_details = details.is_some();
         let details = self.payloads(details).await?;
         let db = self.client.system_database().await?;
@@ -375,14 +346,22 @@ impl AsyncActivityHandle<Client> {
     }
 }
 
-fn refuse_metadata(rpc: &RpcOptions) -> Result<(), AsyncActivityError> {
-    if rpc.metadata.is_empty() {
-        Ok(())
-    } else {
-        Err(AsyncActivityError::Rpc(tonic::Status::invalid_argument(
-            "RPC metadata is not supported by DBOSify (there is no server to send it to)",
-        )))
+/// Records `outcome` for the attempt `t`, unless that attempt already has one.
+async fn deliver_to(
+    db: &dbos_core::SystemDatabase,
+    t: &Target,
+    outcome: AsyncOutcome,
+) -> Result<(), AsyncActivityError> {
+    let key = protocol::async_outcome_key(t.seq, t.attempt);
+    if db.get_event(&t.run, &key, None).await?.is_some() {
+        return Err(not_found(format!(
+            "attempt {} of activity {} of run `{}` was already completed",
+            t.attempt, t.seq, t.run
+        )));
     }
+    db.set_event(&t.run, &key, &outcome.to_text()).await?;
+    debug!(run = %t.run, seq = t.seq, attempt = t.attempt, "asynchronous activity outcome recorded");
+    Ok(())
 }
 
 impl Client {

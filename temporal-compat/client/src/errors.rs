@@ -255,57 +255,49 @@ pub(crate) fn db_status(e: &dbos_core::Error) -> tonic::Status {
     }
 }
 
+/// `From<ProtocolError>` and `From<dbos_core::Error>` for error types with `Rpc` and
+/// `PayloadConversion` variants: with a `NotFound` variant, unknown runs surface there;
+/// after `no_not_found:`, they are a plain `Rpc` status.
 macro_rules! from_protocol {
-    ($($t:ty),*) => {$(
-        impl From<ProtocolError> for $t {
-            fn from(e: ProtocolError) -> Self {
-                match classify(e) {
-                    Surface::NotFound(s) => Self::NotFound(s),
-                    Surface::Status(s) => Self::Rpc(s),
-                    Surface::Payload(p) => Self::PayloadConversion(p),
+    (no_not_found: $($t:ty),*) => {$(
+        impl From<$crate::protocol::ProtocolError> for $t {
+            fn from(e: $crate::protocol::ProtocolError) -> Self {
+                match $crate::errors::classify(e) {
+                    $crate::errors::Surface::NotFound(s) | $crate::errors::Surface::Status(s) => {
+                        Self::Rpc(s)
+                    }
+                    $crate::errors::Surface::Payload(p) => Self::PayloadConversion(p),
                 }
             }
         }
+        $crate::errors::from_protocol!(@db $t);
+    )*};
+    (@db $t:ty) => {
         impl From<dbos_core::Error> for $t {
             fn from(e: dbos_core::Error) -> Self {
-                ProtocolError::from(e).into()
+                $crate::protocol::ProtocolError::from(e).into()
             }
         }
+    };
+    ($($t:ty),*) => {$(
+        impl From<$crate::protocol::ProtocolError> for $t {
+            fn from(e: $crate::protocol::ProtocolError) -> Self {
+                match $crate::errors::classify(e) {
+                    $crate::errors::Surface::NotFound(s) => Self::NotFound(s),
+                    $crate::errors::Surface::Status(s) => Self::Rpc(s),
+                    $crate::errors::Surface::Payload(p) => Self::PayloadConversion(p),
+                }
+            }
+        }
+        $crate::errors::from_protocol!(@db $t);
     )*};
 }
+pub(crate) use from_protocol;
+
 from_protocol!(
     WorkflowGetResultError,
     WorkflowInteractionError,
     WorkflowQueryError,
     WorkflowUpdateError
 );
-
-impl From<ProtocolError> for WorkflowStartError {
-    fn from(e: ProtocolError) -> Self {
-        match classify(e) {
-            Surface::NotFound(s) | Surface::Status(s) => Self::Rpc(s),
-            Surface::Payload(p) => Self::PayloadConversion(p),
-        }
-    }
-}
-
-impl From<dbos_core::Error> for WorkflowStartError {
-    fn from(e: dbos_core::Error) -> Self {
-        ProtocolError::from(e).into()
-    }
-}
-
-impl From<ProtocolError> for ClientError {
-    fn from(e: ProtocolError) -> Self {
-        match classify(e) {
-            Surface::NotFound(s) | Surface::Status(s) => Self::Rpc(s),
-            Surface::Payload(p) => Self::PayloadConversion(p),
-        }
-    }
-}
-
-impl From<dbos_core::Error> for ClientError {
-    fn from(e: dbos_core::Error) -> Self {
-        ProtocolError::from(e).into()
-    }
-}
+from_protocol!(no_not_found: WorkflowStartError, ClientError);

@@ -39,13 +39,14 @@ mod workflow_handle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dbos_core::SystemDatabase;
 use sqlx::Connection as _;
 use temporalio_common_wasm::HasWorkflowDefinition;
 use temporalio_common_wasm::data_converters::{
-    DataConverter, SerializationContextData, WorkflowSerializationContext,
+    ActivitySerializationContext, DataConverter, SerializationContextData,
+    WorkflowSerializationContext,
 };
 use temporalio_protos::temporal::api::common::v1::RetryPolicy as ProtoRetryPolicy;
 use tracing::info;
@@ -284,6 +285,47 @@ fn wf_ctx() -> SerializationContextData {
     SerializationContextData::Workflow(WorkflowSerializationContext::new())
 }
 
+fn act_ctx() -> SerializationContextData {
+    SerializationContextData::Activity(ActivitySerializationContext::new())
+}
+
+/// A duration in whole milliseconds (saturating).
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the epoch as a proto timestamp.
+fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// Milliseconds as a proto duration.
+fn dur(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A proto timestamp as a system time; `None` when unset or before the epoch.
+fn to_system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    let t = t.as_ref()?;
+    let secs = u64::try_from(t.seconds).ok()?;
+    let nanos = u32::try_from(t.nanos).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// A proto duration as a std duration; `None` when unset or negative.
+fn to_duration(d: &Option<prost_types::Duration>) -> Option<Duration> {
+    let d = d.as_ref()?;
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
 fn invalid(msg: impl Into<String>) -> WorkflowStartError {
     WorkflowStartError::Rpc(tonic::Status::invalid_argument(msg.into()))
 }
@@ -440,7 +482,6 @@ impl Client {
                     .map_err(|e| invalid(format!("cannot record the retry policy: {e}")))?,
             );
         }
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         // A zero timeout is an unset one, as on a Temporal server.
         let set = |d: &Option<Duration>| d.filter(|d| !d.is_zero());
         let now = dbos_core::now_ms();
@@ -493,12 +534,9 @@ fn refuse_start_options(o: &WorkflowStartOptions) -> Result<(), WorkflowStartErr
             "priority fairness keys/weights are not supported by DBOSify (priority_key is)",
         ));
     }
-    if !o.rpc_options.metadata.is_empty() {
-        return Err(invalid(
-            "RPC metadata is not supported by DBOSify (there is no server to send it to)",
-        ));
-    }
-    Ok(())
+    o.rpc_options
+        .refuse_metadata()
+        .map_err(WorkflowStartError::Rpc)
 }
 
 #[cfg(test)]

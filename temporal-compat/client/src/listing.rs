@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use dbos_core::{RunFilter, SystemDatabase, WorkflowStatus};
+use dbos_core::{RunFilter, WorkflowStatus};
 use futures::{Stream, StreamExt};
 use temporalio_common_wasm::Memo;
 use temporalio_common_wasm::data_converters::DataConverter;
@@ -19,7 +19,7 @@ use temporalio_protos::temporal::api::workflow::v1::WorkflowExecutionInfo as Pro
 use crate::options::RpcOptions;
 use crate::visibility::{self, Target};
 use crate::workflow_handle::{WorkflowExecutionStatus, execution_info};
-use crate::{Client, ClientError, NamespacedClient, wf_ctx};
+use crate::{Client, ClientError, NamespacedClient, to_system_time, wf_ctx};
 
 /// Rows fetched per page of a list stream.
 pub(crate) const PAGE_SIZE: i64 = 100;
@@ -49,13 +49,6 @@ pub struct WorkflowCountOptions {
 pub struct WorkflowExecution {
     raw: ProtoExecutionInfo,
     data_converter: DataConverter,
-}
-
-fn to_system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t.as_ref()?;
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
 }
 
 impl WorkflowExecution {
@@ -227,16 +220,6 @@ pub(crate) fn invalid_query(e: impl std::fmt::Display) -> ClientError {
     ClientError::Rpc(tonic::Status::invalid_argument(e.to_string()))
 }
 
-pub(crate) fn refuse_metadata(rpc: &RpcOptions) -> Result<(), ClientError> {
-    if rpc.metadata.is_empty() {
-        Ok(())
-    } else {
-        Err(invalid_query(
-            "RPC metadata is not supported by DBOSify (there is no server to send it to)",
-        ))
-    }
-}
-
 /// Pages through the rows matching `filter`, newest first, at most `limit` of them, each
 /// converted by `convert`.
 pub(crate) fn page_rows<T, F, Fut>(
@@ -255,7 +238,6 @@ where
         filter: RunFilter,
         after: Option<(i64, String)>,
         left: Option<usize>,
-        db: Option<SystemDatabase>,
         done: bool,
     }
     let filter = match filter {
@@ -268,25 +250,19 @@ where
         filter,
         after: None,
         left: limit,
-        db: None,
         done: false,
     };
     let pages = futures::stream::unfold(state, |mut st| async move {
         if st.done || st.left == Some(0) {
             return None;
         }
-        let db = match &st.db {
-            Some(db) => db.clone(),
-            None => match st.client.system_database().await {
-                Ok(db) => {
-                    st.db = Some(db.clone());
-                    db
-                }
-                Err(e) => {
-                    st.done = true;
-                    return Some((Err(ClientError::from(e)), st));
-                }
-            },
+        // The client caches its database: asking per page costs no round trip.
+        let db = match st.client.system_database().await {
+            Ok(db) => db,
+            Err(e) => {
+                st.done = true;
+                return Some((Err(ClientError::from(e)), st));
+            }
         };
         let want = st.left.map_or(PAGE_SIZE, |l| {
             PAGE_SIZE.min(i64::try_from(l).unwrap_or(PAGE_SIZE))
@@ -364,7 +340,10 @@ impl Client {
         opts: WorkflowListOptions,
     ) -> ListWorkflowsStream {
         let query = query.into();
-        let filter = refuse_metadata(&opts.rpc_options)
+        let filter = opts
+            .rpc_options
+            .refuse_metadata()
+            .map_err(ClientError::from)
             .and_then(|()| {
                 visibility::parse(&query, Target::Workflows, false).map_err(invalid_query)
             })
@@ -390,7 +369,7 @@ impl Client {
         query: impl Into<String>,
         opts: WorkflowCountOptions,
     ) -> Result<WorkflowExecutionCount, ClientError> {
-        refuse_metadata(&opts.rpc_options)?;
+        opts.rpc_options.refuse_metadata()?;
         let parsed =
             visibility::parse(&query.into(), Target::Workflows, true).map_err(invalid_query)?;
         let (count, groups) = count(self, parsed).await?;

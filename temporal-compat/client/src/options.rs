@@ -316,6 +316,19 @@ impl Default for RpcOptions {
     }
 }
 
+impl RpcOptions {
+    /// Refuses non-empty metadata (`InvalidArgument`): there is no RPC to attach it to.
+    pub(crate) fn refuse_metadata(&self) -> Result<(), tonic::Status> {
+        if self.metadata.is_empty() {
+            Ok(())
+        } else {
+            Err(tonic::Status::invalid_argument(
+                "RPC metadata is not supported by DBOSify (there is no server to send it to)",
+            ))
+        }
+    }
+}
+
 /// Whether a closed workflow id may be reused by a new start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
