@@ -42,7 +42,7 @@ use crate::protocol::{
     self, CancelRequest, InboxMessage, ProtocolError, QueryAnswer, QueryRequest, RunAttributes,
     SignalRequest, TerminalOutcome, UpdateAdmission, UpdateOutcome, UpdateRequest,
 };
-use crate::{Client, NamespacedClient};
+use crate::{Client, NamespacedClient, dur, to_system_time, ts};
 
 /// How long a query waits for a worker's answer when `rpc_options.timeout` is unset.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -434,7 +434,9 @@ where
         &self,
         opts: WorkflowGetResultOptions,
     ) -> Result<WorkflowExecutionResult<W::Output>, WorkflowGetResultError> {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowGetResultError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowGetResultError::Rpc)?;
         let db = self.db().await?;
         let dc = self.client.data_converter();
         // A handle that knows its run awaits it straight away (the await's first probe also
@@ -552,7 +554,9 @@ where
         S: SignalDefinition<Workflow = W::Run>,
         S::Input: Send,
     {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowInteractionError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowInteractionError::Rpc)?;
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
@@ -614,7 +618,9 @@ where
         Q: QueryDefinition<Workflow = W::Run>,
         Q::Input: Send,
     {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowQueryError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowQueryError::Rpc)?;
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
@@ -749,7 +755,10 @@ where
         U::Input: Send,
         U::Output: 'static,
     {
-        reject_metadata(&options.rpc_options).map_err(WorkflowUpdateError::Rpc)?;
+        options
+            .rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowUpdateError::Rpc)?;
         let rpc = options.rpc_options.clone();
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
@@ -774,7 +783,10 @@ where
         U: UpdateDefinition<Workflow = W::Run>,
         U::Input: Send,
     {
-        reject_metadata(&options.rpc_options).map_err(WorkflowUpdateError::Rpc)?;
+        options
+            .rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowUpdateError::Rpc)?;
         let dc = self.client.data_converter();
         let payloads = dc.to_payloads(&wf_ctx(), &input).await?;
         drop(input);
@@ -963,7 +975,9 @@ where
         &self,
         opts: WorkflowCancelOptions,
     ) -> Result<(), WorkflowInteractionError> {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowInteractionError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowInteractionError::Rpc)?;
         let db = self.db().await?;
         let run = self.open_target(&db).await?;
         let request_id = opts
@@ -987,7 +1001,9 @@ where
         &self,
         opts: WorkflowTerminateOptions,
     ) -> Result<(), WorkflowInteractionError> {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowInteractionError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowInteractionError::Rpc)?;
         let db = self.db().await?;
         let run = self.open_target(&db).await?;
         terminate_run(
@@ -1006,7 +1022,9 @@ where
         &self,
         opts: WorkflowDescribeOptions,
     ) -> Result<WorkflowExecutionDescription, WorkflowInteractionError> {
-        reject_metadata(&opts.rpc_options).map_err(WorkflowInteractionError::Rpc)?;
+        opts.rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowInteractionError::Rpc)?;
         let db = self.db().await?;
         let status = self.target(&db).await.map_err(status_to_interaction)?;
         WorkflowExecutionDescription::from_run(&status, self.client.data_converter()).await
@@ -1034,16 +1052,6 @@ pub(crate) async fn terminate_run(
     debug!(run = %run, "terminated");
     crate::policies::apply_parent_close_policy(db, run, &identity).await?;
     Ok(())
-}
-
-fn reject_metadata(rpc: &RpcOptions) -> Result<(), tonic::Status> {
-    if rpc.metadata.is_empty() {
-        Ok(())
-    } else {
-        Err(tonic::Status::invalid_argument(
-            "RPC metadata is not supported by DBOSify (there is no server to send it to)",
-        ))
-    }
 }
 
 fn status_to_get_result(s: tonic::Status) -> WorkflowGetResultError {
@@ -1125,7 +1133,9 @@ impl<T: 'static> WorkflowUpdateHandle<Client, T> {
     where
         T: TemporalDeserializable,
     {
-        reject_metadata(&rpc_options).map_err(WorkflowUpdateError::Rpc)?;
+        rpc_options
+            .refuse_metadata()
+            .map_err(WorkflowUpdateError::Rpc)?;
         let db = self.client.system_database().await?;
         let dc = self.client.data_converter();
         let outcome = match &self.known_outcome {
@@ -1173,27 +1183,6 @@ impl<T: 'static> WorkflowUpdateHandle<Client, T> {
             }
         }
     }
-}
-
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn dur(ms: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
-}
-
-fn to_system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t.as_ref()?;
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 /// A description of a workflow run.

@@ -103,13 +103,7 @@ fn invalid(msg: impl Into<String>) -> ScheduleError {
 }
 
 fn check_rpc(rpc: &RpcOptions) -> Result<(), ScheduleError> {
-    if rpc.metadata.is_empty() {
-        Ok(())
-    } else {
-        Err(invalid(
-            "RPC metadata is not supported by DBOSify (there is no server to send it to)",
-        ))
-    }
+    rpc.refuse_metadata().map_err(ScheduleError::Rpc)
 }
 
 trait SerializableScheduleInput: Send + Sync {
